@@ -1,0 +1,75 @@
+//! The routes load balancers and monitoring use: `/healthz` (liveness),
+//! `/readyz` (readiness, with reasons) and `/metrics` (SPEC section 4). They
+//! need no authentication and never reach an upstream.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use crate::app::App;
+use crate::body::{self, ProxyBody};
+
+/// Answers the admin routes; `None` for every other request.
+pub fn route(app: &App, method: &Method, path: &str) -> Option<Response<ProxyBody>> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    match path {
+        "/healthz" => Some(text(
+            StatusCode::OK,
+            "text/plain",
+            Bytes::from_static(b"ok"),
+        )),
+        "/readyz" => Some(readyz(app)),
+        "/metrics" => Some(text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(app.metrics.render(&app.pool, app.is_draining())),
+        )),
+        _ => None,
+    }
+}
+
+fn readyz(app: &App) -> Response<ProxyBody> {
+    let healthy = app.pool.healthy_count();
+    let total = app.pool.upstreams.len();
+    let mut reasons = Vec::new();
+    if app.is_draining() {
+        reasons.push("draining: shutdown in progress".to_owned());
+    }
+    if healthy == 0 {
+        reasons.push(format!("upstreams: none of {total} is healthy"));
+    }
+    let upstreams: Vec<_> = app
+        .pool
+        .upstreams
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "url": u.url.as_str(),
+                "health": format!("{:?}", u.health()).to_lowercase(),
+                "draining": u.draining,
+            })
+        })
+        .collect();
+    let (status, word) = if reasons.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    let body = serde_json::json!({
+        "status": word,
+        "reasons": reasons,
+        "healthy_upstreams": healthy,
+        "upstreams": upstreams,
+    });
+    text(status, "application/json", Bytes::from(body.to_string()))
+}
+
+fn text(status: StatusCode, content_type: &'static str, bytes: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,123 @@
+//! The body type every response and forwarded request uses, and the idle
+//! timeout that ends a stream whose peer went silent (SPEC section 8).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::BoxError;
+
+/// A streamed body of any origin: upstream responses, client uploads, or
+/// chatgate's own small answers.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Wraps a body so that a gap of more than `idle` between two frames ends it
+/// with an error. There is no total limit: SSE streams may last for hours.
+/// `guard` lives as long as the body (an upstream's in-flight count).
+pub fn with_idle_timeout<B, G>(inner: B, idle: Duration, guard: G) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + 'static,
+{
+    IdleTimeout {
+        inner,
+        idle,
+        deadline: Box::pin(tokio::time::sleep(idle)),
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle for more than {0:?}")]
+pub struct IdleTimedOut(Duration);
+
+pin_project_lite::pin_project! {
+    struct IdleTimeout<B, G> {
+        #[pin]
+        inner: B,
+        idle: Duration,
+        deadline: Pin<Box<Sleep>>,
+        _guard: G,
+    }
+}
+
+impl<B, G> Body for IdleTimeout<B, G>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.deadline.as_mut().reset(Instant::now() + *this.idle);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimedOut(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_ends_after_the_idle_limit() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = tokio_stream_from(rx);
+        let mut body = with_idle_timeout(StreamBody::new(stream), Duration::from_secs(300), ());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        // Nothing more is sent; the paused clock jumps to the deadline.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("idle"), "{err}");
+        drop(tx);
+    }
+
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

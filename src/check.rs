@@ -1,0 +1,94 @@
+//! `chatgate check`: validates the config, then tries each dependency and
+//! prints one line per check (SPEC section 2).
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::upstream::{health, Upstream};
+
+/// One dependency check's outcome.
+#[derive(Debug)]
+pub struct CheckLine {
+    pub ok: bool,
+    pub what: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.ok { "ok  " } else { "FAIL" };
+        write!(f, "{mark} {}: {}", self.what, self.detail)
+    }
+}
+
+/// Runs every check of a loaded config.
+pub async fn run(config: &Config, path: &Path) -> Vec<CheckLine> {
+    let mut lines = vec![CheckLine {
+        ok: true,
+        what: "config".to_owned(),
+        detail: format!("{} is valid", path.display()),
+    }];
+    for warning in config.warnings() {
+        lines.push(CheckLine {
+            ok: true,
+            what: "config warning".to_owned(),
+            detail: warning,
+        });
+    }
+    lines.push(tls_line(config));
+    for url in &config.librechat.upstreams {
+        lines.push(upstream_line(url, &config.librechat.health_path).await);
+    }
+    lines
+}
+
+fn tls_line(config: &Config) -> CheckLine {
+    let what = "tls".to_owned();
+    if !config.tls.cert.exists() && !config.tls.key.exists() && config.tls.dev_self_signed {
+        return CheckLine {
+            ok: true,
+            what,
+            detail: "no certificate yet: a development certificate will be generated at start"
+                .to_owned(),
+        };
+    }
+    crate::tls::install_crypto_provider();
+    match crate::tls::load_certified_key(&config.tls) {
+        Ok(_) => CheckLine {
+            ok: true,
+            what,
+            detail: format!("{} loads", config.tls.cert.display()),
+        },
+        Err(error) => CheckLine {
+            ok: false,
+            what,
+            detail: error.to_string(),
+        },
+    }
+}
+
+async fn upstream_line(url: &url::Url, health_path: &str) -> CheckLine {
+    let what = format!("upstream {url}");
+    let upstream = match Upstream::new(url.clone(), false) {
+        Ok(upstream) => upstream,
+        Err(detail) => {
+            return CheckLine {
+                ok: false,
+                what,
+                detail,
+            }
+        }
+    };
+    match health::check(&upstream, health_path).await {
+        Ok(()) => CheckLine {
+            ok: true,
+            what,
+            detail: format!("{health_path} answered 2xx"),
+        },
+        Err(failure) => CheckLine {
+            ok: false,
+            what,
+            detail: format!("{health_path}: {}", failure.reason),
+        },
+    }
+}

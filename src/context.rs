@@ -1,0 +1,100 @@
+//! Per-request state, created when a request arrives and passed `&mut` to
+//! each phase of `proxy::handle` (the single context of STYLE.md).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::proxy::identify::Identity;
+use crate::upstream::Upstream;
+
+/// What is known about the connection a request came in on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The request reached chatgate over TLS (else the plain `http_listen`).
+    pub tls: bool,
+}
+
+/// One request's journey through the phases.
+#[derive(Debug)]
+pub struct RequestContext {
+    pub request_id: HeaderValue,
+    pub started: Instant,
+    pub conn: Arc<ConnInfo>,
+    /// Set by the identify phase; forwarding requires it.
+    pub identity: Option<Identity>,
+    /// Set by the pick phase; the instance that answered last.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Number of upstream attempts (a retry makes it 2).
+    pub attempts: u8,
+}
+
+impl RequestContext {
+    pub fn new(conn: Arc<ConnInfo>, incoming_id: Option<&HeaderValue>) -> Self {
+        let request_id = incoming_id
+            .filter(|v| is_valid_request_id(v))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        Self {
+            request_id,
+            started: Instant::now(),
+            conn,
+            identity: None,
+            upstream: None,
+            attempts: 0,
+        }
+    }
+
+    pub fn request_id_str(&self) -> &str {
+        // Only ever built from validated ASCII, so this cannot fail.
+        self.request_id.to_str().unwrap_or("-")
+    }
+}
+
+/// An incoming `X-Request-Id` is kept when it is short and plain, so ids can
+/// be followed across the load balancer, chatgate and LibreChat without
+/// letting a client inject log-breaking bytes.
+fn is_valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A process-unique id without a syscall: a random prefix drawn once, then a
+/// counter.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{prefix:08x}{n:012x}");
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_plain() {
+        assert!(is_valid_request_id(&HeaderValue::from_static(
+            "abc-123_x.y"
+        )));
+        assert!(!is_valid_request_id(&HeaderValue::from_static("")));
+        assert!(!is_valid_request_id(&HeaderValue::from_static("a b")));
+        assert!(!is_valid_request_id(&HeaderValue::from_static("a\"b")));
+        let long = "a".repeat(129);
+        assert!(!is_valid_request_id(&HeaderValue::from_str(&long).unwrap()));
+    }
+
+    #[test]
+    fn generated_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

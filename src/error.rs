@@ -1,0 +1,123 @@
+//! One error type for everything a request can fail with, and the one place
+//! that turns it into the SPEC's JSON error body (section 4).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, ProxyBody};
+
+/// Why chatgate answered a request itself instead of forwarding it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("sign in to continue")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("your account is not part of an organization")]
+    NoOrganization,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("request headers are larger than the {limit} bytes allowed")]
+    HeadersTooLarge { limit: usize },
+    #[error("no route for this request")]
+    NotFound,
+    #[error("no LibreChat instance is available")]
+    NoHealthyUpstream,
+    #[error("the LibreChat instance could not be reached")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("the LibreChat instance failed before answering")]
+    UpstreamFailed(#[source] BoxError),
+    #[error("the LibreChat instance did not answer in time")]
+    UpstreamTimeout,
+    #[error("chatgate is shutting down")]
+    Draining,
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::NoOrganization => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::UpstreamConnect(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::NoHealthyUpstream | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable `error` code of the JSON body (SPEC section 4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NoOrganization => "no_organization",
+            Self::BadRequest(_) | Self::HeadersTooLarge { .. } => "bad_request",
+            Self::NotFound => "not_found",
+            Self::NoHealthyUpstream
+            | Self::UpstreamConnect(_)
+            | Self::UpstreamFailed(_)
+            | Self::Draining => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// Whether the request may be retried on another instance because the
+    /// upstream cannot have seen it.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, Self::UpstreamConnect(_))
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "request_id": request_id,
+        });
+        let mut response = Response::new(body::full(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_is_the_spec_json_shape() {
+        let response = ProxyError::NoHealthyUpstream.into_response("req-1");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"], "upstream_unavailable");
+        assert_eq!(json["request_id"], "req-1");
+        assert!(json["message"].as_str().unwrap().contains("LibreChat"));
+    }
+
+    #[test]
+    fn each_spec_code_has_its_status() {
+        let cases = [
+            (ProxyError::Unauthenticated, 401, "unauthenticated"),
+            (ProxyError::Forbidden("no"), 403, "forbidden"),
+            (ProxyError::NoOrganization, 403, "no_organization"),
+            (ProxyError::BadRequest("bad"), 400, "bad_request"),
+            (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::Draining, 503, "upstream_unavailable"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+        }
+    }
+}

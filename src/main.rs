@@ -1,0 +1,138 @@
+//! The `chatgate` command: parse the command line, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use chatgate::app::Options;
+use chatgate::config::Config;
+use chatgate::{check, logging, server, tls};
+
+/// Exit codes of SPEC section 2.
+const EXIT_CHECK_FAILED: u8 = 1;
+const EXIT_BAD_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "chatgate",
+    version,
+    about = "Signs Supabase dashboard users in to LibreChat"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        global = true,
+        env = "CHATGATE_CONFIG",
+        default_value = "proxy.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and try every dependency; exit 1 if one fails.
+    Check,
+    /// Write a self-signed development certificate and key.
+    GenCert {
+        /// Folder for cert.pem and key.pem.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate covers (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::GenCert { out, hosts }) = &cli.command {
+        return gen_cert(out, hosts);
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("chatgate: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatgate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => runtime.block_on(run_check(&config, &cli.config)),
+        _ => runtime.block_on(run_proxy(config)),
+    }
+}
+
+async fn run_check(config: &Config, path: &std::path::Path) -> ExitCode {
+    let lines = check::run(config, path).await;
+    for line in &lines {
+        println!("{line}");
+    }
+    if lines.iter().all(|l| l.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CHECK_FAILED)
+    }
+}
+
+async fn run_proxy(config: Config) -> ExitCode {
+    logging::init(&config.log);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let running = match server::start(config, Options::default()).await {
+        Ok(running) => running,
+        Err(error) => {
+            eprintln!("chatgate: {error}");
+            return ExitCode::from(match error {
+                server::StartError::Bind { .. } => EXIT_CHECK_FAILED,
+                _ => EXIT_BAD_CONFIG,
+            });
+        }
+    };
+    match server::run_until_signalled(running).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chatgate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_cert(out: &std::path::Path, hosts: &[String]) -> ExitCode {
+    tls::install_crypto_provider();
+    let hosts: Vec<String> = if hosts.is_empty() {
+        tls::DEV_HOSTS.iter().map(|h| (*h).to_owned()).collect()
+    } else {
+        hosts.to_vec()
+    };
+    let cert = out.join("cert.pem");
+    let key = out.join("key.pem");
+    match tls::write_self_signed(&cert, &key, &hosts) {
+        Ok(()) => {
+            println!(
+                "wrote {} and {} for {}",
+                cert.display(),
+                key.display(),
+                hosts.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("chatgate: {error}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}

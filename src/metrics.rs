@@ -1,0 +1,80 @@
+//! Counters exported at `/metrics` in the Prometheus text format. Plain
+//! atomics: the hot path pays one relaxed increment per request.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::upstream::{Health, Pool};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Responses by status class: index 0 = 1xx … 4 = 5xx.
+    responses: [AtomicU64; 5],
+    upstream_errors: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Metrics {
+    pub fn record_response(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, pool: &Pool, draining: bool) -> String {
+        let mut out = String::with_capacity(1024);
+        out.push_str("# HELP chatgate_responses_total Responses sent, by status class.\n");
+        out.push_str("# TYPE chatgate_responses_total counter\n");
+        for (i, counter) in self.responses.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "chatgate_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP chatgate_upstream_errors_total Requests that failed to reach or hear from an instance.\n");
+        out.push_str("# TYPE chatgate_upstream_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "chatgate_upstream_errors_total {}",
+            self.upstream_errors.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP chatgate_retries_total Requests retried on another instance.\n");
+        out.push_str("# TYPE chatgate_retries_total counter\n");
+        let _ = writeln!(
+            out,
+            "chatgate_retries_total {}",
+            self.retries.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP chatgate_upstream_healthy Whether an instance takes traffic.\n");
+        out.push_str("# TYPE chatgate_upstream_healthy gauge\n");
+        out.push_str("# HELP chatgate_upstream_in_flight Requests in flight per instance.\n");
+        out.push_str("# TYPE chatgate_upstream_in_flight gauge\n");
+        for upstream in &pool.upstreams {
+            let healthy = u8::from(upstream.health() != Health::Unhealthy);
+            let _ = writeln!(
+                out,
+                "chatgate_upstream_healthy{{upstream=\"{}\"}} {healthy}",
+                upstream.url
+            );
+            let _ = writeln!(
+                out,
+                "chatgate_upstream_in_flight{{upstream=\"{}\"}} {}",
+                upstream.url,
+                upstream.in_flight()
+            );
+        }
+        out.push_str("# HELP chatgate_draining Whether shutdown has begun.\n");
+        out.push_str("# TYPE chatgate_draining gauge\n");
+        let _ = writeln!(out, "chatgate_draining {}", u8::from(draining));
+        out
+    }
+}

@@ -1,0 +1,84 @@
+//! The request path. Every request walks these phases, in this order; the
+//! order lives here and nowhere else (see the chart in `lib.rs`).
+//!
+//! 1. `check_request`    — refuse what no phase should see (oversized headers)
+//! 2. `admin::route`     — chatgate's own unauthenticated routes
+//! 3. `identify`         — who is asking; fails closed
+//! 4. `rewrite_request`  — the headers and URI LibreChat receives
+//! 5. `forward`          — pick an instance, send, retry once when safe
+//! 6. `rewrite_response` — the headers the browser receives
+//! 7. `log`              — one access-log line
+
+pub mod forward;
+pub mod identify;
+mod log;
+pub mod rewrite_request;
+pub mod rewrite_response;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+
+use crate::admin;
+use crate::app::App;
+use crate::body::ProxyBody;
+use crate::context::{ConnInfo, RequestContext};
+use crate::error::ProxyError;
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// hyper's service function: never fails, every error becomes a response.
+pub async fn handle(
+    app: Arc<App>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut ctx = RequestContext::new(conn, request.headers().get(&X_REQUEST_ID));
+    let line = log::RequestLine::of(&request);
+    let mut response = match phases(&app, &mut ctx, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            log::error(&ctx, &error);
+            error.into_response(ctx.request_id_str())
+        }
+    };
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    app.metrics.record_response(response.status());
+    log::access(&ctx, &line, &response);
+    Ok(response)
+}
+
+async fn phases(
+    app: &App,
+    ctx: &mut RequestContext,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    check_request(app, request.headers())?;
+    if let Some(response) = admin::route(app, request.method(), request.uri().path()) {
+        return Ok(response);
+    }
+    let identity = identify::identify(app, ctx, &request).await?;
+    let upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
+    ctx.identity = Some(identity);
+    let response = forward::forward(app, ctx, upstream_request).await?;
+    Ok(rewrite_response::rewrite(app, ctx, response))
+}
+
+/// SPEC section 8: requests whose headers exceed `server.max_header_bytes`
+/// get 431. hyper enforces a buffer limit on HTTP/1.1 and a header-list limit
+/// on HTTP/2; this check makes the limit exact on both.
+fn check_request(app: &App, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let limit = app.config.server.max_header_bytes;
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > limit {
+        return Err(ProxyError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Phase 5: pick an instance, send the request, and retry once on another
+//! instance when the first cannot have acted on it (SPEC section 9). The
+//! response body streams back with an idle limit and no total limit; an
+//! `Upgrade` becomes a tunnel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::rewrite_request::UpstreamRequest;
+use crate::app::App;
+use crate::body::{self, ProxyBody};
+use crate::context::RequestContext;
+use crate::error::ProxyError;
+use crate::upstream::health::is_refused;
+use crate::upstream::Upstream;
+
+/// SPEC section 8: the upstream must send its response head within 60 s.
+const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// SPEC section 8: a streamed body may be silent for at most 300 s.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub async fn forward(
+    app: &App,
+    ctx: &mut RequestContext,
+    mut request: UpstreamRequest,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut failed: Option<Arc<Upstream>> = None;
+    loop {
+        let upstream = pick_upstream(app, ctx, failed.as_ref())?;
+        ctx.attempts += 1;
+        ctx.upstream = Some(upstream.clone());
+        // A request can be sent twice only if it has no body to lose.
+        let may_retry = ctx.attempts == 1 && request.body.is_none() && app.pool.upstreams.len() > 1;
+        let outgoing = build(&upstream, &mut request, may_retry);
+        let in_flight = upstream.begin_request();
+
+        let result =
+            tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, upstream.client.request(outgoing)).await;
+        let error = match result {
+            Ok(Ok(response)) => {
+                if matches!(
+                    response.status(),
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) {
+                    upstream.record_failure(false);
+                }
+                return Ok(finish(app, response, request.upgrade.take(), in_flight));
+            }
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                app.metrics.record_upstream_error();
+                upstream.record_failure(false);
+                return Err(ProxyError::UpstreamTimeout);
+            }
+        };
+        app.metrics.record_upstream_error();
+        upstream.record_failure(is_refused(&error));
+        // Connect failures never reached the instance; idempotent requests
+        // that got no response head are safe to send again.
+        let retry = may_retry && (error.is_connect() || is_idempotent(&request.method));
+        if retry && app.pool.least_loaded(Some(&upstream)).is_some() {
+            tracing::debug!(request_id = ctx.request_id_str(), upstream = %upstream.url, "retrying on another instance");
+            app.metrics.record_retry();
+            failed = Some(upstream);
+            continue;
+        }
+        return Err(if error.is_connect() {
+            ProxyError::UpstreamConnect(Box::new(error))
+        } else {
+            ProxyError::UpstreamFailed(Box::new(error))
+        });
+    }
+}
+
+/// The instance for this attempt. Until users are identified (issue 3) and
+/// pinned (issue 5), requests go to the least-loaded healthy instance.
+fn pick_upstream(
+    app: &App,
+    _ctx: &RequestContext,
+    failed: Option<&Arc<Upstream>>,
+) -> Result<Arc<Upstream>, ProxyError> {
+    app.pool
+        .least_loaded(failed)
+        .ok_or(ProxyError::NoHealthyUpstream)
+}
+
+fn build(
+    upstream: &Upstream,
+    request: &mut UpstreamRequest,
+    keep_copy: bool,
+) -> Request<ProxyBody> {
+    let headers = if keep_copy {
+        request.headers.clone()
+    } else {
+        std::mem::take(&mut request.headers)
+    };
+    let body = match request.body.take() {
+        Some(incoming) => body::with_idle_timeout(incoming, BODY_IDLE_TIMEOUT, ()),
+        None => body::empty(),
+    };
+    let mut outgoing = Request::new(body);
+    *outgoing.method_mut() = request.method.clone();
+    *outgoing.uri_mut() = upstream.uri_for(request.path_and_query.clone());
+    *outgoing.version_mut() = Version::HTTP_11;
+    *outgoing.headers_mut() = headers;
+    outgoing
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Wraps the upstream's answer for the client: a streamed body that keeps
+/// the instance's in-flight count until it ends, or a tunnel after `101`.
+fn finish(
+    app: &App,
+    mut response: Response<hyper::body::Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    in_flight: crate::upstream::InFlight,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            app.tunnels
+                .spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+            return response.map(|_| body::empty());
+        }
+    }
+    response.map(|incoming| body::with_idle_timeout(incoming, BODY_IDLE_TIMEOUT, in_flight))
+}
+
+/// Copies bytes both ways between the client and the instance until either
+/// side closes. WebSocket has no idle limit here: its own pings keep it alive.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: crate::upstream::InFlight) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "tunnel closed with an error");
+    }
+}

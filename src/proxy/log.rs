@@ -1,0 +1,50 @@
+//! The access log: one structured line per request. It names the path but
+//! never the query (a hand-off `token` may be there), and never a header
+//! value (cookies and `Authorization` live there).
+
+use http::{Method, Request, Response, Version};
+
+use crate::context::RequestContext;
+use crate::error::ProxyError;
+
+/// What the log needs of the request, taken before the request is consumed.
+pub struct RequestLine {
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+}
+
+impl RequestLine {
+    pub fn of<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            // A `Uri` clone shares its bytes; no copy of the path is made.
+            uri: request.uri().clone(),
+            version: request.version(),
+        }
+    }
+}
+
+pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B>) {
+    tracing::info!(
+        target: "chatgate::access",
+        request_id = ctx.request_id_str(),
+        peer = %ctx.conn.peer.ip(),
+        method = %line.method,
+        path = line.uri.path(),
+        version = ?line.version,
+        status = response.status().as_u16(),
+        upstream = ctx.upstream.as_ref().map(|u| u.url.as_str()),
+        attempts = ctx.attempts,
+        duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+    );
+}
+
+pub fn error(ctx: &RequestContext, error: &ProxyError) {
+    let chain = crate::upstream::health::error_chain(error);
+    if error.status().is_server_error() {
+        tracing::warn!(request_id = ctx.request_id_str(), error = %chain, "request failed");
+    } else {
+        tracing::debug!(request_id = ctx.request_id_str(), error = %chain, "request refused");
+    }
+}

@@ -1,0 +1,338 @@
+//! Phase 4: the request LibreChat receives. Hop-by-hop headers go (RFC 9110
+//! section 7.6.1); forwarding headers are believed only from trusted
+//! proxies; identity headers come from chatgate alone; a hand-off `token` in
+//! the query never leaves (SPEC section 8).
+
+use std::net::IpAddr;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderName};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Request};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::identify::Identity;
+use crate::app::App;
+use crate::context::RequestContext;
+use crate::error::ProxyError;
+
+/// Everything `forward` needs to send (and, when safe, re-send) a request.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    pub headers: HeaderMap,
+    /// `None` when the client sent no body: such a request can be re-sent.
+    pub body: Option<Incoming>,
+    /// The client side of a protocol upgrade (WebSocket), when one was asked.
+    pub upgrade: Option<OnUpgrade>,
+}
+
+/// Hop-by-hop headers of RFC 9110 section 7.6.1, plus the non-standard ones
+/// proxies commonly meet.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Header prefixes only chatgate may send upstream (SPEC section 8).
+const RESERVED_PREFIXES: [&str; 3] = ["x-chatgate-", "x-user-", "x-organization-"];
+
+pub fn rewrite(
+    app: &App,
+    ctx: &RequestContext,
+    _identity: &Identity,
+    request: Request<Incoming>,
+) -> Result<UpstreamRequest, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let upgrade = take_upgrade(&mut parts);
+    let host = original_host(&parts);
+    let headers = &mut parts.headers;
+
+    let upgrade_protocol = upgrade
+        .as_ref()
+        .and_then(|_| headers.get(header::UPGRADE).cloned());
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade_protocol {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    // The upstream's own authority goes in the URI; hyper writes `Host` from it.
+    headers.remove(header::HOST);
+    remove_prefixed(headers, &RESERVED_PREFIXES);
+
+    let peer = ctx.conn.peer.ip();
+    let trusted = is_trusted(app, peer);
+    set_forwarding_headers(headers, trusted, peer, ctx.conn.tls, host);
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    let path_and_query = without_token_param(&parts.uri)?;
+    let body = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        Some(body)
+    };
+    Ok(UpstreamRequest {
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+        body,
+        upgrade,
+    })
+}
+
+/// The client's half of an `Upgrade` (HTTP/1.1 only; HTTP/2 has none).
+fn take_upgrade(parts: &mut http::request::Parts) -> Option<OnUpgrade> {
+    let asks_upgrade = parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"));
+    if !asks_upgrade {
+        return None;
+    }
+    parts.extensions.remove::<OnUpgrade>()
+}
+
+fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if let Some(authority) = parts.uri.authority() {
+        return HeaderValue::from_str(authority.as_str()).ok();
+    }
+    parts.headers.get(header::HOST).cloned()
+}
+
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn remove_prefixed(headers: &mut HeaderMap, prefixes: &[&str]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| prefixes.iter().any(|p| name.as_str().starts_with(p)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+fn is_trusted(app: &App, peer: IpAddr) -> bool {
+    let peer = canonical(peer);
+    app.config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer))
+}
+
+/// IPv4 peers on a dual-stack socket arrive as `::ffff:a.b.c.d`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    trusted: bool,
+    peer: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
+    let peer = canonical(peer).to_string();
+    if trusted {
+        // Append the peer to the chain the trusted proxy sent.
+        let mut chain = BytesMut::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            if !chain.is_empty() {
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(value.as_bytes());
+        }
+        if !chain.is_empty() {
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(peer.as_bytes());
+        if let Ok(value) = HeaderValue::from_maybe_shared(chain.freeze()) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    } else {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-forwarded-"))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+        if let Ok(value) = HeaderValue::from_str(&peer) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+/// The path and query without any `token` parameter: a hand-off token is
+/// chatgate's business and must never reach LibreChat (SPEC section 13).
+fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
+    let Some(pq) = uri.path_and_query() else {
+        return Ok(PathAndQuery::from_static("/"));
+    };
+    let Some(query) = pq.query() else {
+        return Ok(pq.clone());
+    };
+    if !query.split('&').any(is_token_pair) {
+        return Ok(pq.clone());
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token_pair(p)).collect();
+    let rebuilt = if kept.is_empty() {
+        pq.path().to_owned()
+    } else {
+        format!("{}?{}", pq.path(), kept.join("&"))
+    };
+    rebuilt
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the request target is not valid"))
+}
+
+/// Compares the decoded name, so `%74oken=` counts as `token=` as it would
+/// for the server reading it.
+fn is_token_pair(pair: &str) -> bool {
+    url::form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .is_some_and(|(name, _)| name == "token" || name == "token[]")
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_query_parameter_never_survives() {
+        let cases = [
+            ("/c/new?token=abc&org=x", "/c/new?org=x"),
+            ("/?token=abc", "/"),
+            ("/a?x=1&token=2&y=3", "/a?x=1&y=3"),
+            ("/a?tokens=1", "/a?tokens=1"),
+            ("/a?x=1", "/a?x=1"),
+            ("/a?%74oken=1&b=2", "/a?b=2"),
+            ("/a", "/a"),
+        ];
+        for (input, expected) in cases {
+            let uri: http::Uri = input.parse().unwrap();
+            assert_eq!(
+                without_token_param(&uri).unwrap().as_str(),
+                expected,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn connection_named_headers_are_hop_by_hop() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("accept"));
+    }
+
+    #[test]
+    fn reserved_identity_prefixes_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.append("X-Chatgate-User-Id", HeaderValue::from_static("evil"));
+        headers.append("x-user-email", HeaderValue::from_static("evil"));
+        headers.append("X-Organization-Id", HeaderValue::from_static("evil"));
+        headers.append("x-organization-id", HeaderValue::from_static("evil2"));
+        headers.append("x-useragent-ish", HeaderValue::from_static("kept"));
+        remove_prefixed(&mut headers, &RESERVED_PREFIXES);
+        assert_eq!(headers.len(), 1);
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-port", HeaderValue::from_static("1"));
+        headers.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        headers.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        let peer: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        set_forwarding_headers(
+            &mut headers,
+            false,
+            peer,
+            true,
+            Some(HeaderValue::from_static("chat.example.com")),
+        );
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.5");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "chat.example.com");
+        assert!(!headers.contains_key("x-forwarded-port"));
+        assert!(!headers.contains_key("forwarded"));
+        assert!(!headers.contains_key("x-real-ip"));
+    }
+
+    #[test]
+    fn trusted_forwarding_chain_is_extended() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        set_forwarding_headers(&mut headers, true, peer, false, None);
+        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.5");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,314 @@
+//! Listeners and connections: TLS accept, hyper's automatic HTTP/1.1 +
+//! HTTP/2 serving with upgrades, and the graceful drain of SPEC section 12.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, Options};
+use crate::config::Config;
+use crate::context::ConnInfo;
+use crate::tls::{self, CertResolver};
+use crate::{proxy, upstream};
+
+/// A TLS handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Slowloris guard: the request head must arrive within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A started chatgate: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub tls_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub app: Arc<App>,
+    resolver: Arc<CertResolver>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Begins the graceful shutdown (what SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the drain is over and every listener is closed.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Re-reads `tls.cert` / `tls.key` (what SIGHUP does). Connections
+    /// already open keep their certificate.
+    pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
+        self.resolver.reload(&self.app.config.tls)
+    }
+}
+
+/// Binds the listeners and starts serving in the background.
+pub async fn start(config: Config, options: Options) -> Result<Running, StartError> {
+    tls::install_crypto_provider();
+    if tls::ensure_certificate(&config.tls)? {
+        tracing::warn!(
+            cert = %config.tls.cert.display(),
+            key = %config.tls.key.display(),
+            "no certificate found: generated a self-signed development certificate for localhost"
+        );
+    }
+    let resolver = Arc::new(CertResolver::new(tls::load_certified_key(&config.tls)?));
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
+
+    let tls_listener = bind("server.listen", config.server.listen).await?;
+    let http_listener = match config.server.http_listen {
+        Some(addr) => Some(bind("server.http_listen", addr).await?),
+        None => None,
+    };
+    let tls_addr = local_addr("server.listen", &tls_listener)?;
+    let http_addr = match &http_listener {
+        Some(l) => Some(local_addr("server.http_listen", l)?),
+        None => None,
+    };
+
+    let app = Arc::new(App::new(config).map_err(StartError::Config)?);
+    let builder = Arc::new(http_builder(app.config.server.max_header_bytes));
+    let shutdown = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+
+    let health_stop = CancellationToken::new();
+    tokio::spawn(upstream::health::run(
+        app.pool.clone(),
+        app.config.librechat.health_path.clone(),
+        options.health_interval,
+        health_stop.clone(),
+    ));
+
+    let listeners = Listeners {
+        app: app.clone(),
+        builder,
+        connections: connections.clone(),
+        stop_accepting: stop_accepting.clone(),
+        closing: closing.clone(),
+    };
+    let mut accept_loops = vec![tokio::spawn(
+        listeners.clone().accept(tls_listener, Some(acceptor)),
+    )];
+    if let Some(listener) = http_listener {
+        accept_loops.push(tokio::spawn(listeners.accept(listener, None)));
+    }
+    tracing::info!(%tls_addr, http_addr = ?http_addr, "chatgate listening");
+
+    let task = tokio::spawn(drain_on_shutdown(
+        app.clone(),
+        shutdown.clone(),
+        stop_accepting,
+        closing,
+        connections,
+        accept_loops,
+        health_stop,
+    ));
+    Ok(Running {
+        tls_addr,
+        http_addr,
+        app,
+        resolver,
+        shutdown,
+        task,
+    })
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        key,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Buffers bigger than the configured limit, so that most oversized heads
+    // reach `proxy::check_request` (431 with a JSON body); hyper still answers
+    // 431 itself beyond them.
+    let buffer = (max_header_bytes * 2).max(16 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(buffer)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
+/// SPEC section 12: `/readyz` turns 503 at once, listeners close after a
+/// third of the grace, and open requests, streams and tunnels get the rest.
+async fn drain_on_shutdown(
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    stop_accepting: CancellationToken,
+    closing: CancellationToken,
+    connections: TaskTracker,
+    accept_loops: Vec<JoinHandle<()>>,
+    health_stop: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    let grace = app.config.server.shutdown_grace;
+    app.start_draining();
+    tracing::info!(?grace, "shutdown: draining");
+    tokio::time::sleep(grace / 3).await;
+
+    stop_accepting.cancel();
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    tracing::info!(open = connections.len(), "shutdown: listeners closed");
+    closing.cancel();
+    connections.close();
+    app.tunnels.close();
+    let rest = grace - grace / 3;
+    let finished = tokio::time::timeout(rest, async {
+        connections.wait().await;
+        app.tunnels.wait().await;
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            tunnels = app.tunnels.len(),
+            "shutdown: grace over, closing what is left"
+        );
+    }
+    health_stop.cancel();
+    tracing::info!("shutdown: done");
+}
+
+#[derive(Clone)]
+struct Listeners {
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: TaskTracker,
+    stop_accepting: CancellationToken,
+    closing: CancellationToken,
+}
+
+impl Listeners {
+    async fn accept(self, listener: TcpListener, acceptor: Option<TlsAcceptor>) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.stop_accepting.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let acceptor = acceptor.clone();
+            self.connections.spawn(async move {
+                let conn = Arc::new(ConnInfo {
+                    peer,
+                    tls: acceptor.is_some(),
+                });
+                match acceptor {
+                    None => this.serve(stream, conn).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => this.serve(tls, conn).await,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve<I>(&self, io: I, conn: Arc<ConnInfo>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app.clone();
+        let service = service_fn(move |request| proxy::handle(app.clone(), conn.clone(), request));
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = self.closing.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT has drained chatgate; SIGHUP reloads the
+/// certificate.
+pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match running.reload_certificates() {
+                Ok(()) => tracing::info!("SIGHUP: certificate reloaded"),
+                Err(error) => tracing::error!(%error, "SIGHUP: certificate not reloaded, keeping the old one"),
+            },
+        }
+    }
+    running.shutdown();
+    running.wait().await;
+    Ok(())
+}
