@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every chatgate test. Tests start their own redis-server (and, where
+# usage metering is tested, a throw-away PostgreSQL cluster), so this script
+# first makes sure those programs are installed, then runs `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v node >/dev/null || missing+=(nodejs npm)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing ${missing[*]}; install them (Debian: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+# JavaScript helpers used by interop tests (the real @supabase/ssr package).
+if [ -f tests/js/package.json ] && [ ! -d tests/js/node_modules ]; then
+  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+fi
+
+exec cargo test "$@"
