@@ -33,5 +33,6 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod supabase;
 pub mod tls;
 pub mod upstream;
