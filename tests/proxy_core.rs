@@ -1,0 +1,424 @@
+//! The proxy core over real sockets: a real chatgate (TLS, port 0) in front
+//! of stand-in LibreChat instances. Each test reads "given … when … then".
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use support::chatgate::{eventually, Gate, GateConfig};
+use support::client::{self, Alpn, TestClient};
+use support::librechat::StandInLibreChat;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Guards against a hang in a broken build; never a performance assertion.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+async fn gate_for(upstreams: &[&StandInLibreChat]) -> Gate {
+    let urls: Vec<String> = upstreams.iter().map(|u| u.url()).collect();
+    Gate::start(GateConfig::new(&urls)).await
+}
+
+fn echo(body: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("echo JSON: {e}: {body:?}"))
+}
+
+fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    echo["headers"]
+        .as_array()
+        .expect("headers array")
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .filter_map(|pair| pair[1].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn both_alpn_protocols_reach_the_upstream() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
+        let expected: &[u8] = if alpn == Alpn::H2 { b"h2" } else { b"http/1.1" };
+        assert_eq!(client.negotiated_alpn().as_deref(), Some(expected));
+        let (status, headers, body) = client.get("/api/config?x=1", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{alpn:?}");
+        let echo = echo(&body);
+        assert_eq!(echo["instance"], "lc-1");
+        assert_eq!(echo["path"], "/api/config?x=1");
+        assert!(headers.contains_key("x-request-id"));
+        assert_eq!(header(&echo, "x-forwarded-proto"), ["https"]);
+        assert_eq!(header(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(header(&echo, "x-forwarded-host"), ["localhost"]);
+        assert_eq!(header(&echo, "x-request-id").len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_reserved_headers_stop_at_chatgate() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+    let (_, _, body) = client
+        .get(
+            "/c/new",
+            &[
+                ("connection", "keep-alive, x-drop-me"),
+                ("x-drop-me", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+                ("x-chatgate-user-id", "spoofed"),
+                ("X-User-Email", "spoofed@example.com"),
+                ("x-organization-id", "spoofed"),
+                ("x-request-id", "trace-abc-123"),
+                ("user-agent", "Mozilla/5.0 test"),
+            ],
+        )
+        .await;
+    let echo = echo(&body);
+    for name in [
+        "x-drop-me",
+        "keep-alive",
+        "proxy-authorization",
+        "x-chatgate-user-id",
+        "x-user-email",
+        "x-organization-id",
+    ] {
+        assert!(
+            header(&echo, name).is_empty(),
+            "{name} reached the upstream"
+        );
+    }
+    assert_eq!(
+        header(&echo, "x-request-id"),
+        ["trace-abc-123"],
+        "a plain incoming id is kept"
+    );
+    assert_eq!(
+        header(&echo, "user-agent"),
+        ["Mozilla/5.0 test"],
+        "LibreChat checks the browser's UA"
+    );
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_never_reaches_the_upstream() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
+    let (_, _, body) = client.get("/c/new?token=eyJsecret&org=acme", &[]).await;
+    assert_eq!(echo(&body)["path"], "/c/new?org=acme");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-real-ip", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+    ];
+
+    // Untrusted peer: everything it claims is replaced.
+    let mut config = GateConfig::new(&[upstream.url()]);
+    config.http_listen = true;
+    let gate = Gate::start(config.clone()).await;
+    let (_, _, body) = client::plain_get(gate.http_addr(), "/", &spoof).await;
+    let echo_untrusted = echo(&body);
+    assert_eq!(header(&echo_untrusted, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header(&echo_untrusted, "x-forwarded-proto"), ["http"]);
+    assert_ne!(
+        header(&echo_untrusted, "x-forwarded-host"),
+        ["evil.example"]
+    );
+    assert!(header(&echo_untrusted, "x-real-ip").is_empty());
+    assert!(header(&echo_untrusted, "forwarded").is_empty());
+
+    // Trusted load balancer: its chain is kept and extended.
+    config.trusted_proxies = vec!["127.0.0.0/8".to_owned()];
+    let gate = Gate::start(config).await;
+    let (_, _, body) = client::plain_get(
+        gate.http_addr(),
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    let echo_trusted = echo(&body);
+    assert_eq!(
+        header(&echo_trusted, "x-forwarded-for"),
+        ["203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(header(&echo_trusted, "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_on_both_protocols() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let mut config = GateConfig::new(&[upstream.url()]);
+    config.max_header_bytes = 8192;
+    let gate = Gate::start(config).await;
+    let big = "a".repeat(9000);
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
+        let (status, _, body) = client.get("/", &[("x-big", &big)]).await;
+        assert_eq!(
+            status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{alpn:?}"
+        );
+        assert_eq!(echo(&body)["error"], "bad_request");
+        // Far beyond the buffer, hyper itself refuses; still 431 on HTTP/1.1.
+    }
+    let huge = "b".repeat(100_000);
+    let raw =
+        format!("GET / HTTP/1.1\r\nhost: localhost\r\nx-huge: {huge}\r\nconnection: close\r\n\r\n");
+    let answer = client::raw_exchange_tls(gate.addr(), raw.as_bytes()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.path_and_query == "/health"),
+        "nothing oversized was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn a_50_mb_upload_streams_before_the_client_finishes() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
+        let (tx, body) = client::streaming_body();
+        let request = Request::post("/upload").body(body).unwrap();
+        let response = tokio::spawn(async move { client.send(request).await });
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        tx.send(chunk.clone()).await.unwrap();
+        // The upstream sees bytes while 49 MB are still unsent: nothing is held whole.
+        tokio::time::timeout(HANG_GUARD, upstream.upload_started())
+            .await
+            .expect("upload reached the upstream before the client finished");
+        for _ in 1..50 {
+            tx.send(chunk.clone()).await.unwrap();
+        }
+        drop(tx);
+        let response = response.await.unwrap().unwrap();
+        let (status, _, body) = client::collect(response).await;
+        assert_eq!(status, StatusCode::OK, "{alpn:?}");
+        assert_eq!(echo(&body)["bytes"], 50 * 1024 * 1024);
+    }
+}
+
+#[tokio::test]
+async fn a_50_mb_download_streams_through() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
+    let request = Request::get("/download?bytes=52428800")
+        .body(client::empty())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut total = 0u64;
+    let mut largest_frame = 0usize;
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap_or_default();
+        for (i, byte) in data.iter().enumerate() {
+            if *byte != support::librechat::download_byte(total + i as u64) {
+                panic!("byte {} differs", total + i as u64);
+            }
+        }
+        largest_frame = largest_frame.max(data.len());
+        total += data.len() as u64;
+    }
+    assert_eq!(total, 52_428_800);
+    assert!(
+        largest_frame < 4 * 1024 * 1024,
+        "frames of {largest_frame} bytes: body was buffered"
+    );
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
+        let request = Request::get("/sse?events=3").body(client::empty()).unwrap();
+        upstream.release_sse(1);
+        let response = client.send(request).await.unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let mut seen = String::new();
+        for n in 1..=3 {
+            // Event n must arrive while the upstream is still waiting to send n+1.
+            while !seen.contains(&format!("\"n\":{n}")) {
+                let frame = tokio::time::timeout(HANG_GUARD, body.frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("{alpn:?}: event {n} was held back"))
+                    .expect("stream still open")
+                    .unwrap();
+                if let Some(data) = frame.data_ref() {
+                    seen.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            assert!(!seen.contains(&format!("\"n\":{}", n + 1)));
+            if n < 3 {
+                upstream.release_sse(1);
+            }
+        }
+        // HTTP/2 may close the stream with an empty DATA frame.
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            assert!(
+                frame.data_ref().is_none_or(|d| d.is_empty()),
+                "nothing after the last event"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_echo_is_tunnelled() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    let mut ws = client::websocket_tls(gate.addr(), "/ws", &[]).await;
+    for text in ["hello", "second message"] {
+        ws.send(Message::Text(text.into())).await.unwrap();
+        let reply = tokio::time::timeout(HANG_GUARD, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, Message::Text(text.into()));
+    }
+    ws.send(Message::Binary(vec![0, 1, 2, 255])).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert_eq!(reply, Message::Binary(vec![0, 1, 2, 255]));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn readyz_follows_the_upstream_down_and_back() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let addr = upstream.addr();
+    let gate = gate_for(&[&upstream]).await;
+    let readyz = || async {
+        let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+        client.get("/readyz", &[]).await
+    };
+    eventually("readyz 200", || async {
+        readyz().await.0 == StatusCode::OK
+    })
+    .await;
+    let (_, _, body) = readyz().await;
+    assert_eq!(echo(&body)["status"], "ready");
+
+    upstream.stop().await;
+    eventually("readyz 503", || async {
+        readyz().await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (_, _, body) = readyz().await;
+    let reasons = echo(&body)["reasons"].to_string();
+    assert!(reasons.contains("upstreams"), "{reasons}");
+
+    // No healthy instance: 503 at once, not after a connect timeout.
+    let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+    let (status, _, body) = client.get("/api/convos", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(echo(&body)["error"], "upstream_unavailable");
+
+    let _back = StandInLibreChat::start_on("lc-1", addr).await;
+    eventually("readyz 200 again", || async {
+        readyz().await.0 == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_get_is_retried_on_another_instance_when_the_first_refuses() {
+    let a = StandInLibreChat::start("lc-a").await;
+    let b = StandInLibreChat::start("lc-b").await;
+    let gate = gate_for(&[&a, &b]).await;
+    eventually("both healthy", || async {
+        gate.app().pool.healthy_count() == 2
+    })
+    .await;
+    a.stop().await;
+    // Before the health checker notices, requests that hit the dead
+    // instance are retried on the live one.
+    let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+    for _ in 0..4 {
+        let (status, _, body) = client.get("/api/convos", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(echo(&body)["instance"], "lc-b");
+    }
+}
+
+#[tokio::test]
+async fn upstream_response_headers_pass_and_hop_by_hop_do_not() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+    let (status, headers, _) = client.get("/set-cookie", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies.len(), 2, "both LibreChat cookies pass: {cookies:?}");
+    assert_eq!(headers["x-instance"], "lc-1");
+    assert!(!headers.contains_key("keep-alive"));
+}
+
+#[tokio::test]
+async fn admin_routes_answer_without_an_upstream() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = gate_for(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
+    let (status, _, body) = client.get("/healthz", &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    let (status, headers, body) = client.get("/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("chatgate_responses_total{class=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chatgate_upstream_healthy{upstream="),
+        "{text}"
+    );
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.path_and_query == "/health"));
+    let (status, _, _) = client
+        .request(Method::POST, "/healthz", &[], Bytes::from_static(b"x"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "POST /healthz is not an admin route: it is forwarded"
+    );
+}

@@ -1,0 +1,21 @@
+//! Shared support for chatgate's integration tests: real stand-in servers, a real Redis and
+//! TLS clients on real sockets (each test file does `mod support;`).
+#![allow(dead_code)]
+
+pub mod chatgate;
+pub mod client;
+pub mod librechat;
+pub mod redis;
+
+use std::net::{Ipv4Addr, TcpListener};
+
+/// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider; safe to call from every test.
+pub fn init_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,245 @@
+//! A real `redis-server` process for tests, on its own port and temp dir, that can be
+//! stopped and restarted on the same port; plus a tiny blocking RESP client to inspect it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::free_port;
+
+/// How often and how long [`RedisServer`] polls for `+PONG` after spawning.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+const POLL_TRIES: u32 = 400;
+/// Fresh ports tried when the one picked was taken before redis could bind it.
+const START_ATTEMPTS: u32 = 3;
+
+/// A `redis-server` child process. Dropping it kills the process and removes its temp dir.
+pub struct RedisServer {
+    binary: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+enum LaunchError {
+    Exited(ExitStatus),
+    NoPong,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (from PATH, else /usr/bin) on a free port of 127.0.0.1 without
+    /// persistence, and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "chatgate-test-redis-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut server = RedisServer {
+            binary: find_redis_server(),
+            port: 0,
+            dir,
+            child: None,
+        };
+        for attempt in 1..=START_ATTEMPTS {
+            server.port = free_port();
+            match server.launch() {
+                Ok(()) => return server,
+                Err(LaunchError::Exited(_)) if attempt < START_ATTEMPTS => continue,
+                Err(e) => server.fail(e),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it; connecting is refused afterwards.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if running and starts a fresh, empty one on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.launch() {
+            self.fail(e);
+        }
+    }
+
+    /// Sends one command and returns the reply; panics if the server cannot be reached.
+    pub fn command(&self, args: &[&str]) -> Resp {
+        let mut stream = TcpStream::connect(self.addr())
+            .unwrap_or_else(|e| panic!("connect to redis at {}: {e}", self.addr()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set_read_timeout");
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&request).expect("write redis command");
+        read_reply(&mut BufReader::new(stream))
+            .unwrap_or_else(|e| panic!("redis reply to {args:?}: {e}"))
+    }
+
+    fn launch(&mut self) -> Result<(), LaunchError> {
+        let child = Command::new(&self.binary)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run {}: {e}", self.binary.display()));
+        let child = self.child.insert(child);
+        for _ in 0..POLL_TRIES {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(LaunchError::Exited(status));
+            }
+            if answers_ping(self.port) {
+                return Ok(());
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.stop();
+        Err(LaunchError::NoPong)
+    }
+
+    fn fail(&mut self, error: LaunchError) -> ! {
+        let what = match error {
+            LaunchError::Exited(status) => format!("exited ({status})"),
+            LaunchError::NoPong => format!(
+                "did not answer PING within {:?}",
+                POLL_INTERVAL * POLL_TRIES
+            ),
+        };
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        panic!(
+            "{} on 127.0.0.1:{} {what}; its log:\n{log}",
+            self.binary.display(),
+            self.port
+        );
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn find_redis_server() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("redis-server"))
+        .find(|candidate| candidate.is_file());
+    on_path
+        .or_else(|| Some(Path::new("/usr/bin/redis-server").to_path_buf()).filter(|p| p.is_file()))
+        .expect("redis-server not found on PATH nor at /usr/bin/redis-server (apt-get install redis-server)")
+}
+
+fn answers_ping(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && reply == *b"+PONG\r\n"
+}
+
+/// A RESP2 reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// The text of a simple-string or (non-nil) bulk reply.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) => Some(s.clone()),
+            Resp::Bulk(Some(bytes)) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Resp> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line
+        .split_at_checked(1)
+        .ok_or_else(|| invalid("empty reply".into()))?;
+    let length = || {
+        rest.parse::<i64>()
+            .map_err(|e| invalid(format!("{line:?}: {e}")))
+    };
+    Ok(match kind {
+        "+" => Resp::Simple(rest.to_owned()),
+        "-" => Resp::Error(rest.to_owned()),
+        ":" => Resp::Integer(length()?),
+        "$" => match usize::try_from(length()?) {
+            Err(_) => Resp::Bulk(None),
+            Ok(len) => {
+                let mut data = vec![0; len + 2];
+                reader.read_exact(&mut data)?;
+                data.truncate(len);
+                Resp::Bulk(Some(data))
+            }
+        },
+        "*" => match usize::try_from(length()?) {
+            Err(_) => Resp::Array(None),
+            Ok(len) => Resp::Array(Some(
+                (0..len)
+                    .map(|_| read_reply(reader))
+                    .collect::<Result<_, _>>()?,
+            )),
+        },
+        _ => return Err(invalid(format!("unknown reply {line:?}"))),
+    })
+}
