@@ -29,6 +29,7 @@ pub mod check;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod http_client;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
