@@ -9,6 +9,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::{self, Store};
+use crate::supabase::Supabase;
 use crate::upstream::Pool;
 
 /// Knobs that are not part of `proxy.toml` because only tests need them.
@@ -30,6 +32,10 @@ impl Default for Options {
 pub struct App {
     pub config: Config,
     pub pool: Arc<Pool>,
+    pub store: Arc<dyn Store>,
+    pub supabase: Supabase,
+    /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
+    pub frame_ancestors: String,
     pub metrics: Metrics,
     /// Upgraded connections (WebSocket) live outside hyper's connection
     /// tasks; shutdown waits for them here.
@@ -38,11 +44,21 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config) -> Result<Self, String> {
+    pub async fn new(config: Config) -> Result<Self, String> {
         let pool = Pool::new(&config.librechat.upstreams, &config.librechat.draining)?;
+        let redis_url = config.store.redis_url.as_ref().map(|s| s.expose());
+        let store = store::connect(redis_url).await.map_err(|e| e.to_string())?;
+        let http = crate::http_client::build();
+        let supabase = Supabase::new(&config.supabase, http, store.clone());
+        let frame_ancestors = crate::proxy::rewrite_response::frame_ancestors_directive(
+            &config.iframe.allowed_origins,
+        );
         Ok(Self {
             config,
             pool: Arc::new(pool),
+            store,
+            supabase,
+            frame_ancestors,
             metrics: Metrics::default(),
             tunnels: TaskTracker::new(),
             draining: AtomicBool::new(false),

@@ -39,7 +39,93 @@ pub async fn run(config: &Config, path: &Path) -> Vec<CheckLine> {
     for url in &config.librechat.upstreams {
         lines.push(upstream_line(url, &config.librechat.health_path).await);
     }
+    lines.push(store_line(config).await);
+    lines.push(supabase_line(config).await);
     lines
+}
+
+async fn store_line(config: &Config) -> CheckLine {
+    let Some(url) = &config.store.redis_url else {
+        return CheckLine {
+            ok: true,
+            what: "store".to_owned(),
+            detail: "in-process (store.redis_url is empty): run one replica only".to_owned(),
+        };
+    };
+    let what = "store redis".to_owned();
+    let result = match crate::store::connect(Some(url.expose())).await {
+        Ok(store) => store.ping().await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    match result {
+        Ok(()) => CheckLine {
+            ok: true,
+            what,
+            detail: "PING answered".to_owned(),
+        },
+        Err(detail) => CheckLine {
+            ok: false,
+            what,
+            detail,
+        },
+    }
+}
+
+/// The JWKS when tokens are verified with it, else GoTrue's health route.
+async fn supabase_line(config: &Config) -> CheckLine {
+    let supabase = &config.supabase;
+    let http = crate::http_client::build();
+    if supabase.jwt_secret.is_none() {
+        let what = format!("supabase jwks {}", supabase.jwks_url);
+        let verifier = crate::supabase::verify::Verifier::new(
+            crate::supabase::verifier_settings(supabase),
+            http,
+        );
+        return match verifier.check_keys().await {
+            Ok(n) => CheckLine {
+                ok: true,
+                what,
+                detail: format!("{n} signing key(s)"),
+            },
+            Err(detail) => CheckLine {
+                ok: false,
+                what,
+                detail,
+            },
+        };
+    }
+    let url = format!(
+        "{}/auth/v1/health",
+        supabase.url.as_str().trim_end_matches('/')
+    );
+    let what = format!("supabase auth {url}");
+    let key = supabase.anon_key.as_ref().map(|k| k.expose()).unwrap_or("");
+    let answer = crate::http_client::send(
+        &http,
+        http::Method::GET,
+        &url,
+        &[("apikey", key)],
+        bytes::Bytes::new(),
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    match answer {
+        Ok(a) if a.status.is_success() => CheckLine {
+            ok: true,
+            what,
+            detail: format!("answered {}", a.status),
+        },
+        Ok(a) => CheckLine {
+            ok: false,
+            what,
+            detail: format!("answered {}", a.status),
+        },
+        Err(error) => CheckLine {
+            ok: false,
+            what,
+            detail: error.to_string(),
+        },
+    }
 }
 
 fn tls_line(config: &Config) -> CheckLine {

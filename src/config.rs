@@ -875,22 +875,29 @@ impl Check<'_> {
     }
 
     fn store(&self, raw: file::Store) -> Result<StoreConfig, ConfigError> {
-        let redis_url = match non_empty(&raw.redis_url) {
-            // The value may hold a password: the messages never quote it.
-            Some(text) => match Url::parse(text) {
-                Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {
-                    Some(Secret::new(text))
+        let redis_url =
+            match non_empty(&raw.redis_url) {
+                // The value may hold a password: the messages never quote it.
+                Some(text) => {
+                    let scheme = text.split("://").next().unwrap_or("");
+                    match scheme {
+                        // A cluster URL lists several hosts, which `Url` cannot parse;
+                        // the store checks it when it connects.
+                        "redis+cluster" | "rediss+cluster" => Some(Secret::new(text)),
+                        "redis" | "rediss" | "redis+unix" | "unix" => match Url::parse(text) {
+                            Ok(_) => Some(Secret::new(text)),
+                            Err(e) => {
+                                return Err(self.err("store.redis_url", format!("not a URL: {e}")))
+                            }
+                        },
+                        _ => return Err(self.err(
+                            "store.redis_url",
+                            "scheme must be redis://, rediss://, redis+unix:// or redis+cluster://",
+                        )),
+                    }
                 }
-                Ok(_) => {
-                    return Err(self.err(
-                        "store.redis_url",
-                        "scheme must be redis://, rediss:// or redis+unix://",
-                    ))
-                }
-                Err(e) => return Err(self.err("store.redis_url", format!("not a URL: {e}"))),
-            },
-            None => None,
-        };
+                None => None,
+            };
         Ok(StoreConfig {
             redis_url,
             sticky_ttl: self.positive_duration("store.sticky_ttl", &raw.sticky_ttl)?,

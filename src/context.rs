@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderValue;
+use http::{header, HeaderValue, Method, Request, Uri, Version};
 
 use crate::proxy::identify::Identity;
 use crate::upstream::Upstream;
@@ -17,6 +17,36 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The request reached chatgate over TLS (else the plain `http_listen`).
     pub tls: bool,
+}
+
+/// What was asked, kept after the request itself is consumed: for the
+/// access log and for answering a refusal (redirect or JSON).
+#[derive(Debug)]
+pub struct RequestLine {
+    pub method: Method,
+    /// A `Uri` clone shares its bytes; no copy of the path is made.
+    pub uri: Uri,
+    pub version: Version,
+    /// A browser navigation (`GET` accepting `text/html`): refused ones are
+    /// redirected to the dashboard's login instead of getting JSON.
+    pub page_load: bool,
+}
+
+impl RequestLine {
+    pub fn of<B>(request: &Request<B>) -> Self {
+        let page_load = request.method() == Method::GET
+            && request.headers().get_all(header::ACCEPT).iter().any(|v| {
+                v.as_bytes()
+                    .windows(9)
+                    .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+            });
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            page_load,
+        }
+    }
 }
 
 /// One request's journey through the phases.
@@ -31,6 +61,9 @@ pub struct RequestContext {
     pub upstream: Option<Arc<Upstream>>,
     /// Number of upstream attempts (a retry makes it 2).
     pub attempts: u8,
+    /// `Set-Cookie` values chatgate adds to whatever response goes out
+    /// (a refreshed or cleared Supabase session).
+    pub set_cookies: Vec<String>,
 }
 
 impl RequestContext {
@@ -46,6 +79,7 @@ impl RequestContext {
             identity: None,
             upstream: None,
             attempts: 0,
+            set_cookies: Vec::new(),
         }
     }
 

@@ -31,6 +31,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("chatgate is shutting down")]
     Draining,
+    #[error("sign-in could not be checked right now; try again")]
+    AuthUnavailable(String),
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +46,9 @@ impl ProxyError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::UpstreamConnect(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
-            Self::NoHealthyUpstream | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyUpstream | Self::Draining | Self::AuthUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -60,7 +64,8 @@ impl ProxyError {
             Self::NoHealthyUpstream
             | Self::UpstreamConnect(_)
             | Self::UpstreamFailed(_)
-            | Self::Draining => "upstream_unavailable",
+            | Self::Draining
+            | Self::AuthUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
         }
     }

@@ -80,9 +80,10 @@ pub async fn send(
         .body(Full::new(body))
         .map_err(|e| HttpError::Request(e.to_string()))?;
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| {
-            HttpError::Connect(crate::upstream::health::error_chain(&e))
-        })?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| HttpError::Connect(crate::upstream::health::error_chain(&e)))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_BODY)
             .collect()

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod supabase;
 pub mod tls;
 pub mod upstream;

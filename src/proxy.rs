@@ -18,13 +18,13 @@ pub mod rewrite_response;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{HeaderMap, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::admin;
 use crate::app::App;
-use crate::body::ProxyBody;
-use crate::context::{ConnInfo, RequestContext};
+use crate::body::{self, ProxyBody};
+use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -36,17 +36,29 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = RequestContext::new(conn, request.headers().get(&X_REQUEST_ID));
-    let line = log::RequestLine::of(&request);
+    let line = RequestLine::of(&request);
     let mut response = match phases(&app, &mut ctx, request).await {
         Ok(response) => response,
         Err(error) => {
             log::error(&ctx, &error);
-            error.into_response(ctx.request_id_str())
+            refusal(&app, &ctx, &line, error)
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if !ctx.set_cookies.is_empty() {
+        // A response that writes a session must never be cached (SPEC section 6).
+        for cookie in ctx.set_cookies.drain(..) {
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                headers.append(header::SET_COOKIE, value);
+            }
+        }
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    }
+    rewrite_response::finish_headers(&app, &ctx, headers);
     app.metrics.record_response(response.status());
     log::access(&ctx, &line, &response);
     Ok(response)
@@ -66,6 +78,42 @@ async fn phases(
     ctx.identity = Some(identity);
     let response = forward::forward(app, ctx, upstream_request).await?;
     Ok(rewrite_response::rewrite(app, ctx, response))
+}
+
+/// The answer to a request chatgate refuses. An unauthenticated page load
+/// goes to the dashboard's login with `redirect_to` pointing back here —
+/// always on `public_url`'s origin, whatever `Host` the request named.
+fn refusal(
+    app: &App,
+    ctx: &RequestContext,
+    line: &RequestLine,
+    error: ProxyError,
+) -> Response<ProxyBody> {
+    if matches!(error, ProxyError::Unauthenticated) && line.page_load {
+        if let Some(location) = login_redirect(app, line) {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::FOUND;
+            let headers = response.headers_mut();
+            headers.insert(header::LOCATION, location);
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
+    }
+    error.into_response(ctx.request_id_str())
+}
+
+fn login_redirect(app: &App, line: &RequestLine) -> Option<HeaderValue> {
+    let mut login = app.config.dashboard.login_url.clone()?;
+    let path = rewrite_request::without_token_param(&line.uri).ok()?;
+    let mut back = app.config.server.public_url.clone();
+    // Only the path and query are taken from the request; `set_path` keeps a
+    // `//evil` path on our own origin.
+    back.set_path(path.path());
+    back.set_query(path.query());
+    login
+        .query_pairs_mut()
+        .append_pair("redirect_to", back.as_str());
+    HeaderValue::from_str(login.as_str()).ok()
 }
 
 /// SPEC section 8: requests whose headers exceed `server.max_header_bytes`

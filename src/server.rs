@@ -93,7 +93,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         None => None,
     };
 
-    let app = Arc::new(App::new(config).map_err(StartError::Config)?);
+    let app = Arc::new(App::new(config).await.map_err(StartError::Config)?);
     let builder = Arc::new(http_builder(app.config.server.max_header_bytes));
     let shutdown = CancellationToken::new();
     let stop_accepting = CancellationToken::new();

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use support::chatgate::GateConfig;
 use support::librechat::StandInLibreChat;
+use support::supabase::{SigningKind, StandInSupabase};
 
 fn chatgate(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chatgate"))
@@ -88,8 +89,11 @@ fn gen_cert_writes_a_certificate_and_a_private_key() {
 #[tokio::test]
 async fn check_passes_with_a_healthy_upstream_and_fails_without() {
     let upstream = StandInLibreChat::start("lc-1").await;
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
     let dir = tempfile::tempdir().unwrap();
-    GateConfig::new(&[upstream.url()]).write(dir.path());
+    GateConfig::new(&[upstream.url()])
+        .with_supabase(&supabase)
+        .write(dir.path());
     let path = dir.path().to_owned();
     let output = tokio::task::spawn_blocking(move || chatgate(&["check"], &path))
         .await
@@ -109,4 +113,13 @@ async fn check_passes_with_a_healthy_upstream_and_fails_without() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL upstream"), "{stdout}");
+
+    supabase.stop().await;
+    let path = dir.path().to_owned();
+    let output = tokio::task::spawn_blocking(move || chatgate(&["check"], &path))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL supabase auth"), "{stdout}");
 }

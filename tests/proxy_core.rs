@@ -9,17 +9,36 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use support::chatgate::{eventually, Gate, GateConfig};
+use support::chatgate::{eventually, Gate, GateConfig, SignedIn};
 use support::client::{self, Alpn, TestClient};
 use support::librechat::StandInLibreChat;
+use support::supabase::{SigningKind, StandInSupabase};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Guards against a hang in a broken build; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
 
-async fn gate_for(upstreams: &[&StandInLibreChat]) -> Gate {
+/// A chatgate in front of `upstreams`, a stand-in Supabase, and a user of
+/// organization "acme" signed in to the dashboard.
+struct World {
+    gate: Gate,
+    _supabase: StandInSupabase,
+    user: SignedIn,
+}
+
+async fn world(upstreams: &[&StandInLibreChat]) -> World {
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let user = SignedIn::new(&supabase, "ada@acme.example");
+    World {
+        gate: Gate::start(config(upstreams, &supabase)).await,
+        _supabase: supabase,
+        user,
+    }
+}
+
+fn config(upstreams: &[&StandInLibreChat], supabase: &StandInSupabase) -> GateConfig {
     let urls: Vec<String> = upstreams.iter().map(|u| u.url()).collect();
-    Gate::start(GateConfig::new(&urls)).await
+    GateConfig::new(&urls).with_supabase(supabase)
 }
 
 fn echo(body: &Bytes) -> serde_json::Value {
@@ -43,12 +62,16 @@ fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn both_alpn_protocols_reach_the_upstream() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     for alpn in [Alpn::H1, Alpn::H2] {
         let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
         let expected: &[u8] = if alpn == Alpn::H2 { b"h2" } else { b"http/1.1" };
         assert_eq!(client.negotiated_alpn().as_deref(), Some(expected));
-        let (status, headers, body) = client.get("/api/config?x=1", &[]).await;
+        let (status, headers, body) = client.get("/api/config?x=1", &[user.header()]).await;
         assert_eq!(status, StatusCode::OK, "{alpn:?}");
         let echo = echo(&body);
         assert_eq!(echo["instance"], "lc-1");
@@ -64,7 +87,11 @@ async fn both_alpn_protocols_reach_the_upstream() {
 #[tokio::test]
 async fn hop_by_hop_and_reserved_headers_stop_at_chatgate() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
     let (_, _, body) = client
         .get(
@@ -79,6 +106,7 @@ async fn hop_by_hop_and_reserved_headers_stop_at_chatgate() {
                 ("x-organization-id", "spoofed"),
                 ("x-request-id", "trace-abc-123"),
                 ("user-agent", "Mozilla/5.0 test"),
+                user.header(),
             ],
         )
         .await;
@@ -87,7 +115,6 @@ async fn hop_by_hop_and_reserved_headers_stop_at_chatgate() {
         "x-drop-me",
         "keep-alive",
         "proxy-authorization",
-        "x-chatgate-user-id",
         "x-user-email",
         "x-organization-id",
     ] {
@@ -96,6 +123,11 @@ async fn hop_by_hop_and_reserved_headers_stop_at_chatgate() {
             "{name} reached the upstream"
         );
     }
+    assert_eq!(
+        header(&echo, "x-chatgate-user-id"),
+        [user.session.user_id()],
+        "chatgate's identity header replaces the client's"
+    );
     assert_eq!(
         header(&echo, "x-request-id"),
         ["trace-abc-123"],
@@ -111,16 +143,25 @@ async fn hop_by_hop_and_reserved_headers_stop_at_chatgate() {
 #[tokio::test]
 async fn a_token_in_the_query_never_reaches_the_upstream() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
-    let (_, _, body) = client.get("/c/new?token=eyJsecret&org=acme", &[]).await;
+    let (_, _, body) = client
+        .get("/c/new?token=eyJsecret&org=acme", &[user.header()])
+        .await;
     assert_eq!(echo(&body)["path"], "/c/new?org=acme");
 }
 
 #[tokio::test]
 async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let upstream = StandInLibreChat::start("lc-1").await;
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let user = SignedIn::new(&supabase, "ada@acme.example");
     let spoof = [
+        user.header(),
         ("x-forwarded-for", "6.6.6.6"),
         ("x-forwarded-proto", "http"),
         ("x-forwarded-host", "evil.example"),
@@ -129,7 +170,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     ];
 
     // Untrusted peer: everything it claims is replaced.
-    let mut config = GateConfig::new(&[upstream.url()]);
+    let mut config = config(&[&upstream], &supabase);
     config.http_listen = true;
     let gate = Gate::start(config.clone()).await;
     let (_, _, body) = client::plain_get(gate.http_addr(), "/", &spoof).await;
@@ -150,6 +191,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
         gate.http_addr(),
         "/",
         &[
+            user.header(),
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
         ],
@@ -203,11 +245,18 @@ async fn oversized_headers_get_431_on_both_protocols() {
 #[tokio::test]
 async fn a_50_mb_upload_streams_before_the_client_finishes() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     for alpn in [Alpn::H1, Alpn::H2] {
         let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
         let (tx, body) = client::streaming_body();
-        let request = Request::post("/upload").body(body).unwrap();
+        let request = Request::post("/upload")
+            .header("cookie", &user.cookie)
+            .body(body)
+            .unwrap();
         let response = tokio::spawn(async move { client.send(request).await });
         let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
         tx.send(chunk.clone()).await.unwrap();
@@ -229,9 +278,14 @@ async fn a_50_mb_upload_streams_before_the_client_finishes() {
 #[tokio::test]
 async fn a_50_mb_download_streams_through() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
     let request = Request::get("/download?bytes=52428800")
+        .header("cookie", &user.cookie)
         .body(client::empty())
         .unwrap();
     let response = client.send(request).await.unwrap();
@@ -259,10 +313,17 @@ async fn a_50_mb_download_streams_through() {
 #[tokio::test]
 async fn sse_events_arrive_one_by_one() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     for alpn in [Alpn::H1, Alpn::H2] {
         let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
-        let request = Request::get("/sse?events=3").body(client::empty()).unwrap();
+        let request = Request::get("/sse?events=3")
+            .header("cookie", &user.cookie)
+            .body(client::empty())
+            .unwrap();
         upstream.release_sse(1);
         let response = client.send(request).await.unwrap();
         assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -299,8 +360,12 @@ async fn sse_events_arrive_one_by_one() {
 #[tokio::test]
 async fn websocket_echo_is_tunnelled() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
-    let mut ws = client::websocket_tls(gate.addr(), "/ws", &[]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
+    let mut ws = client::websocket_tls(gate.addr(), "/ws", &[user.header()]).await;
     for text in ["hello", "second message"] {
         ws.send(Message::Text(text.into())).await.unwrap();
         let reply = tokio::time::timeout(HANG_GUARD, ws.next())
@@ -320,7 +385,11 @@ async fn websocket_echo_is_tunnelled() {
 async fn readyz_follows_the_upstream_down_and_back() {
     let upstream = StandInLibreChat::start("lc-1").await;
     let addr = upstream.addr();
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     let readyz = || async {
         let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
         client.get("/readyz", &[]).await
@@ -343,7 +412,7 @@ async fn readyz_follows_the_upstream_down_and_back() {
 
     // No healthy instance: 503 at once, not after a connect timeout.
     let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
-    let (status, _, body) = client.get("/api/convos", &[]).await;
+    let (status, _, body) = client.get("/api/convos", &[user.header()]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(echo(&body)["error"], "upstream_unavailable");
 
@@ -358,7 +427,11 @@ async fn readyz_follows_the_upstream_down_and_back() {
 async fn a_get_is_retried_on_another_instance_when_the_first_refuses() {
     let a = StandInLibreChat::start("lc-a").await;
     let b = StandInLibreChat::start("lc-b").await;
-    let gate = gate_for(&[&a, &b]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&a, &b]).await;
     eventually("both healthy", || async {
         gate.app().pool.healthy_count() == 2
     })
@@ -368,7 +441,7 @@ async fn a_get_is_retried_on_another_instance_when_the_first_refuses() {
     // instance are retried on the live one.
     let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
     for _ in 0..4 {
-        let (status, _, body) = client.get("/api/convos", &[]).await;
+        let (status, _, body) = client.get("/api/convos", &[user.header()]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(echo(&body)["instance"], "lc-b");
     }
@@ -377,9 +450,13 @@ async fn a_get_is_retried_on_another_instance_when_the_first_refuses() {
 #[tokio::test]
 async fn upstream_response_headers_pass_and_hop_by_hop_do_not() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate,
+        user,
+        _supabase,
+    } = world(&[&upstream]).await;
     let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
-    let (status, headers, _) = client.get("/set-cookie", &[]).await;
+    let (status, headers, _) = client.get("/set-cookie", &[user.header()]).await;
     assert_eq!(status, StatusCode::OK);
     let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
     assert_eq!(cookies.len(), 2, "both LibreChat cookies pass: {cookies:?}");
@@ -390,7 +467,9 @@ async fn upstream_response_headers_pass_and_hop_by_hop_do_not() {
 #[tokio::test]
 async fn admin_routes_answer_without_an_upstream() {
     let upstream = StandInLibreChat::start("lc-1").await;
-    let gate = gate_for(&[&upstream]).await;
+    let World {
+        gate, _supabase, ..
+    } = world(&[&upstream]).await;
     let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
     let (status, _, body) = client.get("/healthz", &[]).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
@@ -418,7 +497,7 @@ async fn admin_routes_answer_without_an_upstream() {
         .await;
     assert_eq!(
         status,
-        StatusCode::OK,
-        "POST /healthz is not an admin route: it is forwarded"
+        StatusCode::UNAUTHORIZED,
+        "POST /healthz is not an admin route: it needs a session like any forwarded request"
     );
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use support::chatgate::{eventually, GateConfig};
+use support::chatgate::{eventually, GateConfig, SignedIn};
 use support::client::{self, Alpn, TestClient};
 use support::librechat::StandInLibreChat;
+use support::supabase::{SigningKind, StandInSupabase};
 
 const HANG_GUARD: Duration = Duration::from_secs(30);
 
@@ -21,7 +22,9 @@ async fn sigterm_drains_an_open_sse_stream() {
     let upstream = StandInLibreChat::start("lc-1").await;
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut config = GateConfig::new(&[upstream.url()]);
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let user = SignedIn::new(&supabase, "ada@acme.example");
+    let mut config = GateConfig::new(&[upstream.url()]).with_supabase(&supabase);
     config.listen = format!("127.0.0.1:{port}");
     // Listeners close after a third of the grace: 5 s to observe the 503.
     config.shutdown_grace = "15s".to_owned();
@@ -47,7 +50,12 @@ async fn sigterm_drains_an_open_sse_stream() {
     let mut sse = TestClient::connect(addr, Alpn::H1).await.unwrap();
     upstream.release_sse(1);
     let response = sse
-        .send(Request::get("/sse?events=3").body(client::empty()).unwrap())
+        .send(
+            Request::get("/sse?events=3")
+                .header("cookie", &user.cookie)
+                .body(client::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let mut body = response.into_body();

@@ -5,54 +5,16 @@
 //! The package runs in Node through `tests/js/ssr_cookies.mjs`; install it
 //! once with `npm ci --prefix tests/js`.
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod support;
 
 use chatgate::supabase::cookie::{
     clear_set_cookies, create_chunks, encode_set_cookies, find_session_cookie, SupabaseSession,
 };
 use serde_json::{json, Value};
+use support::ssr::ssr;
 
 const SUPABASE_URL: &str = "http://127.0.0.1:54321";
 const NAME: &str = "sb-127-auth-token";
-
-/// Runs one mode of the Node driver with `input` on stdin.
-fn ssr(mode: &str, input: &Value) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        dir.join("node_modules/@supabase/ssr/package.json")
-            .is_file(),
-        "@supabase/ssr is not installed: run `npm ci --prefix tests/js` from the crate root"
-    );
-    let mut child = Command::new("node")
-        .arg(dir.join("ssr_cookies.mjs"))
-        .arg(mode)
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `node` ({e}); this test needs Node 20 or later"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.to_string().as_bytes())
-        .expect("write to node");
-    let out = child.wait_with_output().expect("node runs");
-    assert!(
-        out.status.success(),
-        "ssr_cookies.mjs {mode} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ssr_cookies.mjs {mode} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 /// A session as GoTrue returns it; `padding` characters of user metadata make
 /// it need more chunks (≈2 KiB fits one cookie, 6 KiB needs three).

@@ -2,28 +2,10 @@
 //! never the query (a hand-off `token` may be there), and never a header
 //! value (cookies and `Authorization` live there).
 
-use http::{Method, Request, Response, Version};
+use http::Response;
 
-use crate::context::RequestContext;
+use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
-
-/// What the log needs of the request, taken before the request is consumed.
-pub struct RequestLine {
-    method: Method,
-    uri: http::Uri,
-    version: Version,
-}
-
-impl RequestLine {
-    pub fn of<B>(request: &Request<B>) -> Self {
-        Self {
-            method: request.method().clone(),
-            // A `Uri` clone shares its bytes; no copy of the path is made.
-            uri: request.uri().clone(),
-            version: request.version(),
-        }
-    }
-}
 
 pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B>) {
     tracing::info!(

@@ -16,6 +16,7 @@ use super::identify::Identity;
 use crate::app::App;
 use crate::context::RequestContext;
 use crate::error::ProxyError;
+use crate::supabase::cookie::strip_cookies;
 
 /// Everything `forward` needs to send (and, when safe, re-send) a request.
 #[derive(Debug)]
@@ -49,6 +50,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CHATGATE_USER_ID: HeaderName = HeaderName::from_static("x-chatgate-user-id");
+static X_CHATGATE_ORG_ID: HeaderName = HeaderName::from_static("x-chatgate-org-id");
+static X_CHATGATE_ROLE: HeaderName = HeaderName::from_static("x-chatgate-role");
+
+/// chatgate's own session cookie (SPEC section 5); never forwarded.
+pub const CHATGATE_SESSION_COOKIE: &str = "chatgate_session";
 
 /// Header prefixes only chatgate may send upstream (SPEC section 8).
 const RESERVED_PREFIXES: [&str; 3] = ["x-chatgate-", "x-user-", "x-organization-"];
@@ -56,7 +63,7 @@ const RESERVED_PREFIXES: [&str; 3] = ["x-chatgate-", "x-user-", "x-organization-
 pub fn rewrite(
     app: &App,
     ctx: &RequestContext,
-    _identity: &Identity,
+    identity: &Identity,
     request: Request<Incoming>,
 ) -> Result<UpstreamRequest, ProxyError> {
     let (mut parts, body) = request.into_parts();
@@ -80,6 +87,8 @@ pub fn rewrite(
     let trusted = is_trusted(app, peer);
     set_forwarding_headers(headers, trusted, peer, ctx.conn.tls, host);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    set_identity_headers(headers, identity);
+    strip_session_cookies(headers, &app.supabase.cookie_name);
 
     let path_and_query = without_token_param(&parts.uri)?;
     let body = if http_body::Body::is_end_stream(&body) {
@@ -128,6 +137,45 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+}
+
+/// SPEC section 8: who the user is, said by chatgate alone (client-sent
+/// headers with these prefixes are already gone).
+fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
+    let pairs = [
+        (&X_CHATGATE_USER_ID, Some(identity.user_id())),
+        (
+            &X_CHATGATE_ORG_ID,
+            Some(identity.organization().id.as_str()),
+        ),
+        (&X_CHATGATE_ROLE, identity.role()),
+    ];
+    for (name, value) in pairs {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+/// Removes the Supabase session chunks and `chatgate_session` from `Cookie`
+/// (SPEC section 13: Supabase tokens never reach LibreChat). HTTP/2 clients
+/// may send one `Cookie` header per cookie; HTTP/1.1 upstreams get them
+/// joined into one (RFC 9113 section 8.2.3).
+fn strip_session_cookies(headers: &mut HeaderMap, session_cookie: &str) {
+    let mut kept: Vec<String> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        if let Some(rest) = strip_cookies(text, session_cookie, &[CHATGATE_SESSION_COOKIE]) {
+            kept.push(rest);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -211,7 +259,7 @@ fn set_forwarding_headers(
 
 /// The path and query without any `token` parameter: a hand-off token is
 /// chatgate's business and must never reach LibreChat (SPEC section 13).
-fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
+pub(crate) fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
     let Some(pq) = uri.path_and_query() else {
         return Ok(PathAndQuery::from_static("/"));
     };

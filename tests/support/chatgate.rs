@@ -20,6 +20,12 @@ pub struct GateConfig {
     pub max_header_bytes: usize,
     pub shutdown_grace: String,
     pub log_level: String,
+    pub supabase_url: String,
+    pub supabase_anon_key: String,
+    pub supabase_jwt_secret: String,
+    pub redis_url: String,
+    pub login_url: String,
+    pub tenant_cache_ttl: String,
 }
 
 impl GateConfig {
@@ -32,7 +38,22 @@ impl GateConfig {
             max_header_bytes: 32768,
             shutdown_grace: "3s".to_owned(),
             log_level: "info".to_owned(),
+            // Nothing listens there: tests that authenticate call `with_supabase`.
+            supabase_url: "http://127.0.0.1:9".to_owned(),
+            supabase_anon_key: "anon".to_owned(),
+            supabase_jwt_secret: String::new(),
+            redis_url: String::new(),
+            login_url: String::new(),
+            tenant_cache_ttl: "60s".to_owned(),
         }
+    }
+
+    /// Points chatgate at a stand-in Supabase.
+    pub fn with_supabase(mut self, supabase: &super::supabase::StandInSupabase) -> Self {
+        self.supabase_url = supabase.url();
+        self.supabase_anon_key = supabase.anon_key();
+        self.supabase_jwt_secret = supabase.jwt_secret();
+        self
     }
 
     pub fn toml(&self) -> String {
@@ -59,8 +80,20 @@ cert = "certs/cert.pem"
 key = "certs/key.pem"
 dev_self_signed = true
 
+[supabase]
+url = "{supabase_url}"
+anon_key = "{anon_key}"
+jwt_secret = "{jwt_secret}"
+tenant_cache_ttl = "{tenant_ttl}"
+
 [librechat]
 upstreams = [{upstreams}]
+
+[dashboard]
+login_url = "{login_url}"
+
+[store]
+redis_url = "{redis_url}"
 
 [log]
 level = "{level}"
@@ -71,6 +104,12 @@ level = "{level}"
             max_header_bytes = self.max_header_bytes,
             upstreams = list(&self.upstreams),
             level = self.log_level,
+            supabase_url = self.supabase_url,
+            anon_key = self.supabase_anon_key,
+            jwt_secret = self.supabase_jwt_secret,
+            tenant_ttl = self.tenant_cache_ttl,
+            login_url = self.login_url,
+            redis_url = self.redis_url,
         )
     }
 
@@ -132,4 +171,47 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("never happened: {what}");
+}
+
+/// The `Cookie` header value a browser sends for `session_json` under
+/// `name`, chunked as `@supabase/ssr` chunks it.
+pub fn session_cookie(name: &str, session_json: &str) -> String {
+    chatgate::supabase::cookie::create_chunks(name, session_json)
+        .into_iter()
+        .map(|c| format!("{}={}", c.name, c.value))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The default cookie name for a stand-in Supabase on 127.0.0.1.
+pub const COOKIE_NAME: &str = "sb-127-auth-token";
+
+/// A signed-in dashboard user of organization "acme", with the cookie their
+/// browser would send.
+pub struct SignedIn {
+    pub session: super::supabase::Session,
+    pub cookie: String,
+}
+
+impl SignedIn {
+    pub fn new(supabase: &super::supabase::StandInSupabase, email: &str) -> SignedIn {
+        let session = supabase.sign_in(email, Duration::from_secs(3600));
+        supabase.set_profile(session.user_id(), "member", Some(acme()));
+        let cookie = session_cookie(COOKIE_NAME, &session.to_json());
+        SignedIn { session, cookie }
+    }
+
+    pub fn header(&self) -> (&'static str, &str) {
+        ("cookie", &self.cookie)
+    }
+}
+
+pub fn acme() -> serde_json::Value {
+    serde_json::json!({
+        "id": "7d1c7c6e-0000-4000-8000-00000000acme",
+        "name": "Acme",
+        "domain": "acme.example",
+        "plan_type": "pro",
+        "librechat_config": {}
+    })
 }

@@ -6,6 +6,8 @@ pub mod chatgate;
 pub mod client;
 pub mod librechat;
 pub mod redis;
+pub mod ssr;
+pub mod supabase;
 
 use std::net::{Ipv4Addr, TcpListener};
 

@@ -1,0 +1,46 @@
+//! The real `@supabase/ssr` package, driven through Node
+//! (`tests/js/ssr_cookies.mjs`): what a Next.js dashboard writes and reads.
+//! Install it once with `npm ci --prefix tests/js` (scripts/test.sh does).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// Runs one mode of the Node driver with `input` on stdin.
+pub fn ssr(mode: &str, input: &Value) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        dir.join("node_modules/@supabase/ssr/package.json")
+            .is_file(),
+        "@supabase/ssr is not installed: run `npm ci --prefix tests/js` from the crate root"
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("ssr_cookies.mjs"))
+        .arg(mode)
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `node` ({e}); this test needs Node 20 or later"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write to node");
+    let out = child.wait_with_output().expect("node runs");
+    assert!(
+        out.status.success(),
+        "ssr_cookies.mjs {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ssr_cookies.mjs {mode} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
