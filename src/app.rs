@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
+use crate::error::ProxyError;
+use crate::librechat::oidc::OidcProvider;
+use crate::librechat::token::TokenIssuer;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use crate::supabase::Supabase;
@@ -36,6 +39,10 @@ pub struct App {
     pub supabase: Supabase,
     /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
     pub frame_ancestors: String,
+    /// Mints and verifies the chatgate token (`librechat.jwt_secret`).
+    pub librechat_tokens: TokenIssuer,
+    /// The OpenID provider, in `auth_mode = "oidc"`.
+    oidc: Option<OidcProvider>,
     pub metrics: Metrics,
     /// Upgraded connections (WebSocket) live outside hyper's connection
     /// tasks; shutdown waits for them here.
@@ -50,6 +57,14 @@ impl App {
         let store = store::connect(redis_url).await.map_err(|e| e.to_string())?;
         let http = crate::http_client::build();
         let supabase = Supabase::new(&config.supabase, http, store.clone());
+        let oidc = match config.librechat.auth_mode {
+            AuthMode::Oidc => Some(OidcProvider::new(&config).map_err(|e| e.to_string())?),
+            AuthMode::Jwt => None,
+        };
+        let librechat_tokens = TokenIssuer::new(
+            config.librechat.jwt_secret.as_ref().map(|s| s.expose()),
+            config.librechat.token_ttl,
+        );
         let frame_ancestors = crate::proxy::rewrite_response::frame_ancestors_directive(
             &config.iframe.allowed_origins,
         );
@@ -59,10 +74,17 @@ impl App {
             store,
             supabase,
             frame_ancestors,
+            librechat_tokens,
+            oidc,
             metrics: Metrics::default(),
             tunnels: TaskTracker::new(),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The OpenID provider; only routed to in `auth_mode = "oidc"`.
+    pub fn oidc(&self) -> Result<&OidcProvider, ProxyError> {
+        self.oidc.as_ref().ok_or(ProxyError::NotFound)
     }
 
     /// After SIGTERM: `/readyz` answers 503 from now on.

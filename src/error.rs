@@ -33,6 +33,12 @@ pub enum ProxyError {
     Draining,
     #[error("sign-in could not be checked right now; try again")]
     AuthUnavailable(String),
+    /// Not a failure: a phase answers with a redirect (the hand-off's 303).
+    #[error("redirect")]
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +56,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Redirect { status, .. } => *status,
         }
     }
 
@@ -67,6 +74,7 @@ impl ProxyError {
             | Self::Draining
             | Self::AuthUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::Redirect { .. } => "redirect",
         }
     }
 
@@ -77,6 +85,15 @@ impl ProxyError {
     }
 
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        if let Self::Redirect { status, location } = self {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = status;
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
         let body = serde_json::json!({
             "error": self.code(),
             "message": self.to_string(),

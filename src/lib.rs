@@ -30,6 +30,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod http_client;
+pub mod librechat;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -3,7 +3,9 @@
 //!
 //! 1. `check_request`    — refuse what no phase should see (oversized headers)
 //! 2. `admin::route`     — chatgate's own unauthenticated routes
+//!    `routes::answer`   — chatgate's own routes (seed API, OpenID provider)
 //! 3. `identify`         — who is asking; fails closed
+//!    `user_switch`      — LibreChat's session belongs to that user
 //! 4. `rewrite_request`  — the headers and URI LibreChat receives
 //! 5. `forward`          — pick an instance, send, retry once when safe
 //! 6. `rewrite_response` — the headers the browser receives
@@ -26,6 +28,8 @@ use crate::app::App;
 use crate::body::{self, ProxyBody};
 use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
+use crate::librechat::routes;
+use crate::librechat::user_switch;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -37,7 +41,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = RequestContext::new(conn, request.headers().get(&X_REQUEST_ID));
     let line = RequestLine::of(&request);
-    let mut response = match phases(&app, &mut ctx, request).await {
+    let mut response = match phases(&app, &mut ctx, &line, request).await {
         Ok(response) => response,
         Err(error) => {
             log::error(&ctx, &error);
@@ -67,13 +71,19 @@ pub async fn handle(
 async fn phases(
     app: &App,
     ctx: &mut RequestContext,
+    line: &RequestLine,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(app, request.headers())?;
     if let Some(response) = admin::route(app, request.method(), request.uri().path()) {
         return Ok(response);
     }
-    let identity = identify::identify(app, ctx, &request).await?;
+    if let Some(route) = routes::own_route(app, request.method(), request.uri().path()) {
+        return routes::answer(app, ctx, line, route, request).await;
+    }
+    let mut request = request;
+    let identity = identify::identify(app, ctx, line, request.headers()).await?;
+    user_switch::check(ctx, line, &identity, request.headers_mut())?;
     let upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
     ctx.identity = Some(identity);
     let response = forward::forward(app, ctx, upstream_request).await?;

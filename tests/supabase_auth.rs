@@ -72,8 +72,15 @@ fn set_cookies(headers: &http::HeaderMap) -> Vec<String> {
 async fn a_valid_session_is_forwarded_with_identity_headers_and_without_supabase_cookies() {
     let w = world(SigningKind::Hs256).await;
     let user = SignedIn::new(&w.supabase, "ada@acme.example");
+    // The first answer binds this browser's LibreChat session to the user.
+    let (_, headers, _) = get(&w.gate, "/", &[user.header()]).await;
+    let bind = set_cookies(&headers)
+        .into_iter()
+        .find(|c| c.starts_with("chatgate_bind="))
+        .expect("binding cookie");
+    let bind = bind.split(';').next().unwrap();
     let cookie = format!(
-        "theme=dark; {}; connect.sid=s%3Aabc; chatgate_session=xyz",
+        "theme=dark; {}; connect.sid=s%3Aabc; chatgate_session=xyz; {bind}",
         user.cookie
     );
     let (status, _, body) = get(
@@ -311,9 +318,13 @@ async fn an_expired_session_is_refreshed_once_and_written_back() {
     assert_eq!(w.supabase.refresh_calls(), 1);
     assert_eq!(headers["cache-control"], "private, no-store");
     let written = set_cookies(&headers);
-    assert!(!written.is_empty());
+    let session_cookies: Vec<&String> = written
+        .iter()
+        .filter(|c| c.starts_with(COOKIE_NAME))
+        .collect();
+    assert!(!session_cookies.is_empty());
     assert!(
-        written.iter().all(|c| c.contains("Path=/")
+        session_cookies.iter().all(|c| c.contains("Path=/")
             && c.contains("SameSite=Lax")
             && c.contains("Max-Age=34560000")),
         "{written:?}"

@@ -1,17 +1,25 @@
 //! Phase 3: who is asking (SPEC section 5). Forwarding takes an `Identity`,
 //! and only this module can make one, so no route reaches LibreChat without
 //! passing here. There is deliberately no setting that skips this phase.
+//!
+//! In order, the first that applies:
+//! 1. a hand-off `?token=` on a page load → a chatgate session and a 303;
+//! 2. the Supabase session cookie (refreshed when expired) — it wins over a
+//!    `chatgate_session` of another user, which is then ended;
+//! 3. the `chatgate_session` cookie.
 
 use std::sync::Arc;
 
-use http::Request;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
 
 use crate::app::App;
-use crate::context::RequestContext;
+use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
+use crate::librechat::handoff::{self, SessionRecord};
 use crate::supabase::session::SessionCheck;
 use crate::supabase::tenant::{Organization, Profile, TenantError};
-use crate::supabase::verify::AccessClaims;
+use crate::supabase::verify::{AccessClaims, VerifyError};
 
 /// A signed-in dashboard user who belongs to an organization.
 #[derive(Debug, Clone)]
@@ -35,23 +43,106 @@ impl Identity {
         self.profile.role.as_deref().or(self.claims.role.as_deref())
     }
 
+    pub fn user_metadata(&self) -> Option<&serde_json::Value> {
+        self.claims.user_metadata.as_ref()
+    }
+
     pub fn organization(&self) -> &Organization {
-        // `identify` only builds an Identity whose profile has one.
+        // Every constructor below checks that the profile has one.
         self.profile
             .organization
             .as_ref()
             .unwrap_or_else(|| unreachable!("Identity without an organization"))
     }
+
+    /// The identity a chatgate session stands for.
+    fn from_session(record: SessionRecord) -> Self {
+        let c = record.claims;
+        let metadata = serde_json::json!({ "full_name": c.name, "avatar_url": c.avatar });
+        let claims = AccessClaims {
+            sub: c.sub,
+            email: Some(c.email),
+            role: Some(c.role.clone()),
+            exp: c.exp,
+            iat: Some(c.iat),
+            session_id: None,
+            is_anonymous: Some(false),
+            user_metadata: Some(metadata),
+        };
+        let org = c.organization;
+        let profile = Profile {
+            role: Some(c.role),
+            organization: Some(Organization {
+                id: org.id,
+                name: org.name,
+                domain: org.domain,
+                plan_type: org.plan_type,
+                librechat_config: org.librechat_config,
+            }),
+        };
+        Self {
+            claims: Arc::new(claims),
+            profile: Arc::new(profile),
+        }
+    }
 }
 
-pub async fn identify<B>(
+/// Identifies the user of a request bound for LibreChat (or for an OpenID
+/// authorization, which identifies the same way).
+pub async fn identify(
     app: &App,
     ctx: &mut RequestContext,
-    request: &Request<B>,
+    line: &RequestLine,
+    headers: &HeaderMap,
+) -> Result<Identity, ProxyError> {
+    if line.page_load && handoff::is_handoff(&line.uri) {
+        return Err(handoff::exchange(app, ctx, &line.uri).await);
+    }
+    let session_id = handoff::session_id(headers).map(str::to_owned);
+    let supabase = from_supabase_cookie(app, ctx, headers).await;
+    match (supabase, session_id) {
+        (Ok(identity), None) => Ok(identity),
+        (Ok(identity), Some(id)) => {
+            // The dashboard's user wins; a chatgate session of someone else ends.
+            if let Ok(Some(record)) = handoff::load(app, &id).await {
+                if record.claims.sub != identity.user_id() {
+                    handoff::end(app, &id).await;
+                    ctx.set_cookies.push(handoff::clear_session_cookie());
+                }
+            }
+            Ok(identity)
+        }
+        (Err(error), Some(id)) if is_no_supabase_session(&error) => {
+            match handoff::load(app, &id).await {
+                Ok(Some(record)) => Ok(Identity::from_session(record)),
+                Ok(None) => {
+                    ctx.set_cookies.push(handoff::clear_session_cookie());
+                    Err(error)
+                }
+                // Keep the Supabase answer: the session cookie could not be checked either.
+                Err(_) => Err(error),
+            }
+        }
+        (Err(error), _) => Err(error),
+    }
+}
+
+fn is_no_supabase_session(error: &ProxyError) -> bool {
+    matches!(
+        error,
+        ProxyError::Unauthenticated | ProxyError::AuthUnavailable(_)
+    )
+}
+
+/// The user of the Supabase session cookie (refreshing it when expired).
+pub async fn from_supabase_cookie(
+    app: &App,
+    ctx: &mut RequestContext,
+    headers: &HeaderMap,
 ) -> Result<Identity, ProxyError> {
     let check = app
         .supabase
-        .check_session(request.headers())
+        .check_session(headers)
         .await
         .map_err(|e| ProxyError::AuthUnavailable(e.0))?;
     let (claims, access_token) = match check {
@@ -77,10 +168,49 @@ pub async fn identify<B>(
             access_token,
         } => (claims, access_token),
     };
+    with_organization(app, claims, &access_token).await
+}
+
+/// The user of a Supabase session given as `Authorization: Bearer <access
+/// token>` (the dashboard's server calling `/api/librechat/auth`), else of
+/// the cookie.
+pub async fn from_supabase_bearer_or_cookie(
+    app: &App,
+    ctx: &mut RequestContext,
+    headers: &HeaderMap,
+) -> Result<Identity, ProxyError> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = bearer else {
+        return from_supabase_cookie(app, ctx, headers).await;
+    };
+    let claims = app
+        .supabase
+        .verifier
+        .verify(token)
+        .await
+        .map_err(|e| match e {
+            VerifyError::KeysUnavailable(reason) => ProxyError::AuthUnavailable(reason),
+            VerifyError::Expired | VerifyError::Invalid(_) => ProxyError::Unauthenticated,
+        })?;
+    with_organization(app, claims, token).await
+}
+
+async fn with_organization(
+    app: &App,
+    claims: Arc<AccessClaims>,
+    access_token: &str,
+) -> Result<Identity, ProxyError> {
     let profile = app
         .supabase
         .tenants
-        .profile(&claims.sub, &access_token)
+        .profile(&claims.sub, access_token)
         .await
         .map_err(|e| match e {
             TenantError::Rejected => ProxyError::Unauthenticated,

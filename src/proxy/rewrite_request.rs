@@ -14,8 +14,10 @@ use hyper::upgrade::OnUpgrade;
 
 use super::identify::Identity;
 use crate::app::App;
+use crate::config::AuthMode;
 use crate::context::RequestContext;
 use crate::error::ProxyError;
+use crate::librechat::user_switch::CHATGATE_COOKIES;
 use crate::supabase::cookie::strip_cookies;
 
 /// Everything `forward` needs to send (and, when safe, re-send) a request.
@@ -54,9 +56,6 @@ static X_CHATGATE_USER_ID: HeaderName = HeaderName::from_static("x-chatgate-user
 static X_CHATGATE_ORG_ID: HeaderName = HeaderName::from_static("x-chatgate-org-id");
 static X_CHATGATE_ROLE: HeaderName = HeaderName::from_static("x-chatgate-role");
 
-/// chatgate's own session cookie (SPEC section 5); never forwarded.
-pub const CHATGATE_SESSION_COOKIE: &str = "chatgate_session";
-
 /// Header prefixes only chatgate may send upstream (SPEC section 8).
 const RESERVED_PREFIXES: [&str; 3] = ["x-chatgate-", "x-user-", "x-organization-"];
 
@@ -89,6 +88,16 @@ pub fn rewrite(
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     set_identity_headers(headers, identity);
     strip_session_cookies(headers, &app.supabase.cookie_name);
+    if app.config.librechat.auth_mode == AuthMode::Jwt {
+        // jwt mode: LibreChat trusts chatgate's token, never the client's bearer.
+        let minted = app
+            .librechat_tokens
+            .for_identity(identity)
+            .map_err(|e| ProxyError::AuthUnavailable(e.to_string()))?;
+        let value = HeaderValue::from_str(&format!("Bearer {}", minted.token))
+            .map_err(|_| ProxyError::AuthUnavailable("unusable token".to_owned()))?;
+        headers.insert(header::AUTHORIZATION, value);
+    }
 
     let path_and_query = without_token_param(&parts.uri)?;
     let body = if http_body::Body::is_end_stream(&body) {
@@ -166,7 +175,7 @@ fn strip_session_cookies(headers: &mut HeaderMap, session_cookie: &str) {
     let mut kept: Vec<String> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
-        if let Some(rest) = strip_cookies(text, session_cookie, &[CHATGATE_SESSION_COOKIE]) {
+        if let Some(rest) = strip_cookies(text, session_cookie, CHATGATE_COOKIES) {
             kept.push(rest);
         }
     }
@@ -260,16 +269,32 @@ fn set_forwarding_headers(
 /// The path and query without any `token` parameter: a hand-off token is
 /// chatgate's business and must never reach LibreChat (SPEC section 13).
 pub(crate) fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
+    without_params(uri, &["token"])
+}
+
+/// The path and query without the named parameters. Names are compared
+/// decoded, so `%74oken=` counts as `token=` as it would for the server
+/// reading it.
+pub(crate) fn without_params(uri: &http::Uri, names: &[&str]) -> Result<PathAndQuery, ProxyError> {
     let Some(pq) = uri.path_and_query() else {
         return Ok(PathAndQuery::from_static("/"));
     };
     let Some(query) = pq.query() else {
         return Ok(pq.clone());
     };
-    if !query.split('&').any(is_token_pair) {
+    let named = |pair: &&str| {
+        url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| {
+                names
+                    .iter()
+                    .any(|n| name == *n || name.strip_suffix("[]") == Some(n))
+            })
+    };
+    if !query.split('&').any(|p| named(&p)) {
         return Ok(pq.clone());
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_token_pair(p)).collect();
+    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
     let rebuilt = if kept.is_empty() {
         pq.path().to_owned()
     } else {
@@ -278,14 +303,6 @@ pub(crate) fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, Proxy
     rebuilt
         .parse()
         .map_err(|_| ProxyError::BadRequest("the request target is not valid"))
-}
-
-/// Compares the decoded name, so `%74oken=` counts as `token=` as it would
-/// for the server reading it.
-fn is_token_pair(pair: &str) -> bool {
-    url::form_urlencoded::parse(pair.as_bytes())
-        .next()
-        .is_some_and(|(name, _)| name == "token" || name == "token[]")
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {

@@ -79,6 +79,10 @@ pub struct AccessClaims {
     pub session_id: Option<String>,
     #[serde(default)]
     pub is_anonymous: Option<bool>,
+    /// The dashboard's profile data (`full_name`, `avatar_url`…), used for
+    /// the LibreChat user's name and picture.
+    #[serde(default)]
+    pub user_metadata: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,161 @@
+//! A LibreChat session belongs to the dashboard user who created it (SPEC
+//! section 7). chatgate binds the browser's LibreChat cookies to the user
+//! with a `chatgate_bind` cookie; when the dashboard user changes, the old
+//! user's LibreChat cookies are cleared and never forwarded, and the browser
+//! goes through sign-in again, so one user never sees another's chats.
+
+use http::header;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::context::{RequestContext, RequestLine};
+use crate::error::ProxyError;
+use crate::proxy::identify::Identity;
+
+/// Cookies chatgate sets for itself; none of them reaches LibreChat.
+pub const CHATGATE_COOKIES: &[&str] = &[super::handoff::SESSION_COOKIE, BIND_COOKIE];
+
+const BIND_COOKIE: &str = "chatgate_bind";
+
+/// LibreChat's session cookies (REFERENCE.md), plus every `openid_*`.
+const LIBRECHAT_COOKIES: [&str; 3] = ["refreshToken", "token_provider", "connect.sid"];
+
+fn is_librechat_cookie(name: &str) -> bool {
+    LIBRECHAT_COOKIES.contains(&name) || name.starts_with("openid_")
+}
+
+/// Checks the binding; on a user change clears LibreChat's cookies and
+/// either redirects a page load to itself (it reloads signed out of
+/// LibreChat, which then signs the new user in) or forwards the request
+/// without the old user's cookies and bearer.
+pub fn check(
+    ctx: &mut RequestContext,
+    line: &RequestLine,
+    identity: &Identity,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    let bound_to = bind_value(identity.user_id());
+    let cookies = cookie_pairs(headers);
+    if cookies
+        .iter()
+        .any(|(n, v)| *n == BIND_COOKIE && *v == bound_to)
+    {
+        return Ok(());
+    }
+    let stale: Vec<String> = cookies
+        .iter()
+        .filter(|(name, _)| is_librechat_cookie(name))
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    ctx.set_cookies.push(format!(
+        "{BIND_COOKIE}={bound_to}; Path=/; HttpOnly; SameSite=Lax"
+    ));
+    if stale.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        request_id = ctx.request_id_str(),
+        "dashboard user changed: clearing LibreChat's session cookies"
+    );
+    for name in &stale {
+        ctx.set_cookies.push(format!("{name}=; Path=/; Max-Age=0"));
+    }
+    if line.page_load {
+        let location = line
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        return Err(ProxyError::Redirect {
+            status: StatusCode::SEE_OTHER,
+            location: HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/")),
+        });
+    }
+    strip_librechat_session(headers);
+    Ok(())
+}
+
+/// `Set-Cookie` values that delete LibreChat's session cookies and the
+/// binding (a logout).
+pub fn clear_all() -> Vec<String> {
+    LIBRECHAT_COOKIES
+        .iter()
+        .chain(
+            [
+                "openid_user_id",
+                "openid_access_token",
+                "openid_id_token",
+                BIND_COOKIE,
+            ]
+            .iter(),
+        )
+        .map(|name| format!("{name}=; Path=/; Max-Age=0"))
+        .collect()
+}
+
+/// Removes LibreChat's cookies and its bearer (the old user's) from a request.
+fn strip_librechat_session(headers: &mut HeaderMap) {
+    let kept: Vec<String> = cookie_pairs(headers)
+        .into_iter()
+        .filter(|(name, _)| !is_librechat_cookie(name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    headers.remove(header::COOKIE);
+    headers.remove(header::AUTHORIZATION);
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        if !kept.is_empty() {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+fn cookie_pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .collect()
+}
+
+/// An opaque tag of the user: the first 128 bits of a SHA-256.
+fn bind_value(user_id: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("chatgate-bind:{user_id}").as_bytes(),
+    );
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librechat_cookies_and_bearer_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static(
+                "refreshToken=a; theme=dark; openid_id_token=b; connect.sid=c",
+            ),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer old"),
+        );
+        strip_librechat_session(&mut headers);
+        assert_eq!(headers[header::COOKIE], "theme=dark");
+        assert!(!headers.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn bind_values_differ_per_user_and_hide_the_id() {
+        assert_ne!(bind_value("a"), bind_value("b"));
+        assert_eq!(bind_value("a").len(), 32);
+        assert!(!bind_value("user-123").contains("user"));
+    }
+}
