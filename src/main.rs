@@ -36,6 +36,9 @@ struct Cli {
 enum Command {
     /// Validate the config and try every dependency; exit 1 if one fails.
     Check,
+    /// Verify or mint a chatgate token (troubleshooting).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Write a self-signed development certificate and key.
     GenCert {
         /// Folder for cert.pem and key.pem.
@@ -44,6 +47,34 @@ enum Command {
         /// Host names or IP addresses the certificate covers (repeatable).
         #[arg(long = "host")]
         hosts: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Verify a token minted by chatgate and print its claims or why it is invalid.
+    Verify {
+        /// The token (a JWT).
+        jwt: String,
+    },
+    /// Mint a token with `librechat.jwt_secret`.
+    Mint {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long = "org-domain")]
+        org_domain: String,
+        #[arg(long = "org-id", default_value = "")]
+        org_id: String,
+        #[arg(long = "org-name", default_value = "")]
+        org_name: String,
+        #[arg(long = "plan-type")]
+        plan_type: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "user")]
+        role: String,
     },
 }
 
@@ -71,7 +102,76 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => runtime.block_on(run_check(&config, &cli.config)),
+        Some(Command::Token(command)) => token(&config, command),
         _ => runtime.block_on(run_proxy(config)),
+    }
+}
+
+fn token(config: &Config, command: TokenCommand) -> ExitCode {
+    use chatgate::librechat::token::{
+        default_avatar, now, TokenClaims, TokenIssuer, TokenOrganization,
+    };
+    let issuer = TokenIssuer::new(
+        config.librechat.jwt_secret.as_ref().map(|s| s.expose()),
+        config.librechat.token_ttl,
+    );
+    match command {
+        TokenCommand::Verify { jwt } => match issuer.verify(&jwt) {
+            Ok(claims) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&claims).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("chatgate: {error}");
+                ExitCode::from(EXIT_CHECK_FAILED)
+            }
+        },
+        TokenCommand::Mint {
+            sub,
+            email,
+            org_domain,
+            org_id,
+            org_name,
+            plan_type,
+            name,
+            role,
+        } => {
+            let local = email.split('@').next().unwrap_or_default().to_owned();
+            let name = name.unwrap_or_else(|| local.clone());
+            let iat = now();
+            let claims = TokenClaims {
+                id: sub.clone(),
+                sub,
+                email,
+                avatar: default_avatar(&name),
+                name,
+                username: local,
+                role,
+                provider: "supabase".to_owned(),
+                organization: TokenOrganization {
+                    id: org_id,
+                    name: org_name,
+                    domain: org_domain,
+                    plan_type,
+                    librechat_config: None,
+                },
+                iat,
+                exp: iat + config.librechat.token_ttl.as_secs() as i64,
+            };
+            match issuer.sign(&claims) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("chatgate: {error}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
     }
 }
 

@@ -123,3 +123,38 @@ async fn check_passes_with_a_healthy_upstream_and_fails_without() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL supabase auth"), "{stdout}");
 }
+
+#[test]
+fn token_mint_and_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[librechat]\njwt_secret = \"{}\"\n",
+        support::chatgate::LIBRECHAT_SECRET
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let output = chatgate(
+        &[
+            "token",
+            "mint",
+            "--sub",
+            "u-1",
+            "--email",
+            "ada@acme.example",
+            "--org-domain",
+            "acme.example",
+        ],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let output = chatgate(&["token", "verify", &token], dir.path());
+    assert!(output.status.success(), "{output:?}");
+    let claims: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(claims["sub"], "u-1");
+    assert_eq!(claims["organization"]["domain"], "acme.example");
+    assert_eq!(claims["username"], "ada");
+
+    let output = chatgate(&["token", "verify", "not.a.token"], dir.path());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr_line(&output).contains("invalid"));
+}

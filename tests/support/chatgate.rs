@@ -26,6 +26,12 @@ pub struct GateConfig {
     pub redis_url: String,
     pub login_url: String,
     pub tenant_cache_ttl: String,
+    pub public_url: String,
+    pub auth_mode: String,
+    pub librechat_jwt_secret: String,
+    pub oidc_client_secret: String,
+    pub allowed_origins: Vec<String>,
+    pub cross_site: bool,
 }
 
 impl GateConfig {
@@ -45,6 +51,12 @@ impl GateConfig {
             redis_url: String::new(),
             login_url: String::new(),
             tenant_cache_ttl: "60s".to_owned(),
+            public_url: "https://localhost".to_owned(),
+            auth_mode: "oidc".to_owned(),
+            librechat_jwt_secret: LIBRECHAT_SECRET.to_owned(),
+            oidc_client_secret: OIDC_CLIENT_SECRET.to_owned(),
+            allowed_origins: Vec::new(),
+            cross_site: false,
         }
     }
 
@@ -70,7 +82,7 @@ impl GateConfig {
 [server]
 listen = "{listen}"
 http_listen = "{http_listen}"
-public_url = "https://localhost"
+public_url = "{public_url}"
 trusted_proxies = [{trusted}]
 shutdown_grace = "{grace}"
 max_header_bytes = {max_header_bytes}
@@ -88,6 +100,16 @@ tenant_cache_ttl = "{tenant_ttl}"
 
 [librechat]
 upstreams = [{upstreams}]
+auth_mode = "{auth_mode}"
+jwt_secret = "{librechat_secret}"
+
+[oidc]
+client_secret = "{oidc_secret}"
+signing_key = "certs/oidc-signing.pem"
+
+[iframe]
+allowed_origins = [{allowed_origins}]
+cross_site = {cross_site}
 
 [dashboard]
 login_url = "{login_url}"
@@ -110,6 +132,12 @@ level = "{level}"
             tenant_ttl = self.tenant_cache_ttl,
             login_url = self.login_url,
             redis_url = self.redis_url,
+            public_url = self.public_url,
+            auth_mode = self.auth_mode,
+            librechat_secret = self.librechat_jwt_secret,
+            oidc_secret = self.oidc_client_secret,
+            allowed_origins = list(&self.allowed_origins),
+            cross_site = self.cross_site,
         )
     }
 
@@ -128,20 +156,31 @@ level = "{level}"
 /// A chatgate running inside the test process.
 pub struct Gate {
     pub running: Running,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Gate {
     pub async fn start(config: GateConfig) -> Gate {
-        super::init_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut gate = Gate::start_in(config, dir.path()).await;
+        gate._dir = Some(dir);
+        gate
+    }
+
+    /// Starts with its files (certificate, OpenID signing key) in `dir`:
+    /// replicas started in one folder share them, as deployed replicas must.
+    pub async fn start_in(config: GateConfig, dir: &Path) -> Gate {
+        super::init_crypto();
         let options = Options {
             health_interval: Duration::from_millis(100),
         };
-        let running = server::start(config.load(dir.path()), options)
+        let running = server::start(config.load(dir), options)
             .await
             .expect("chatgate starts");
-        Gate { running, _dir: dir }
+        Gate {
+            running,
+            _dir: None,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -182,6 +221,11 @@ pub fn session_cookie(name: &str, session_json: &str) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// `librechat.jwt_secret` in tests (≥ 32 bytes).
+pub const LIBRECHAT_SECRET: &str = "test-librechat-secret-0123456789abcdef";
+/// `oidc.client_secret` in tests.
+pub const OIDC_CLIENT_SECRET: &str = "test-oidc-client-secret-0123456789abcdef";
 
 /// The default cookie name for a stand-in Supabase on 127.0.0.1.
 pub const COOKIE_NAME: &str = "sb-127-auth-token";
