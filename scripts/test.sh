@@ -21,6 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# tests/compose.rs parses docker-compose.yml with PyYAML (no compose client here).
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  python3 -m pip install --quiet pyyaml
+fi
+
 # JavaScript helpers used by interop tests (the real @supabase/ssr package).
 if [ -f tests/js/package.json ] && [ ! -d tests/js/node_modules ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error

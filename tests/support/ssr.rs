@@ -1,5 +1,6 @@
-//! The real `@supabase/ssr` package, driven through Node
-//! (`tests/js/ssr_cookies.mjs`): what a Next.js dashboard writes and reads.
+//! Real npm packages driven through Node (`tests/js/*.mjs`): `@supabase/ssr`
+//! (what a Next.js dashboard writes and reads), and the `openid-client` and
+//! `jsonwebtoken` versions LibreChat uses.
 //! Install it once with `npm ci --prefix tests/js` (scripts/test.sh does).
 
 use std::io::Write as _;
@@ -10,6 +11,12 @@ use serde_json::Value;
 
 /// Runs one mode of the Node driver with `input` on stdin.
 pub fn ssr(mode: &str, input: &Value) -> Value {
+    node("ssr_cookies.mjs", mode, input)
+}
+
+/// Runs `tests/js/<script> <mode>` with `input` on stdin and returns the JSON
+/// it prints; panics with its stderr when it fails.
+pub fn node(script: &str, mode: &str, input: &Value) -> Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
     assert!(
         dir.join("node_modules/@supabase/ssr/package.json")
@@ -17,7 +24,7 @@ pub fn ssr(mode: &str, input: &Value) -> Value {
         "@supabase/ssr is not installed: run `npm ci --prefix tests/js` from the crate root"
     );
     let mut child = Command::new("node")
-        .arg(dir.join("ssr_cookies.mjs"))
+        .arg(dir.join(script))
         .arg(mode)
         .current_dir(&dir)
         .stdin(Stdio::piped())
@@ -34,12 +41,12 @@ pub fn ssr(mode: &str, input: &Value) -> Value {
     let out = child.wait_with_output().expect("node runs");
     assert!(
         out.status.success(),
-        "ssr_cookies.mjs {mode} failed: {}",
+        "{script} {mode} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "ssr_cookies.mjs {mode} printed no JSON ({e}): {}",
+            "{script} {mode} printed no JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })
