@@ -30,9 +30,15 @@ fn compose_runs_chatgate_redis_mongodb_and_two_librechats() {
     }
     for name in ["librechat-1", "librechat-2"] {
         let service = &services[name];
-        assert!(service["image"].as_str().unwrap().contains("danny-avila/librechat"));
+        assert!(service["image"]
+            .as_str()
+            .unwrap()
+            .contains("danny-avila/librechat"));
         let env = &service["environment"];
-        assert!(env["OPENID_ISSUER"].as_str().unwrap().ends_with("/oidc"), "{name}");
+        assert!(
+            env["OPENID_ISSUER"].as_str().unwrap().ends_with("/oidc"),
+            "{name}"
+        );
         for (key, value) in [
             ("OPENID_AUTO_REDIRECT", "true"),
             ("ALLOW_SOCIAL_LOGIN", "true"),
@@ -42,7 +48,10 @@ fn compose_runs_chatgate_redis_mongodb_and_two_librechats() {
         ] {
             assert_eq!(env[key].as_str(), Some(value), "{name}: {key}");
         }
-        assert!(env["OPENID_CLIENT_SECRET"].as_str().unwrap().contains("${"), "no secret is committed");
+        assert!(
+            env["OPENID_CLIENT_SECRET"].as_str().unwrap().contains("${"),
+            "no secret is committed"
+        );
     }
     let chatgate_env = services["chatgate"]["environment"].to_string();
     assert!(chatgate_env.contains("librechat-1") && chatgate_env.contains("librechat-2"));

@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::body::{self, ProxyBody};
 use crate::context::RequestContext;
 use crate::error::ProxyError;
+use crate::logging::RedactedHeaders;
 use crate::upstream::health::is_refused;
 use crate::upstream::Upstream;
 
@@ -36,6 +37,12 @@ pub async fn forward(
         // A request can be sent twice only if it has no body to lose.
         let may_retry = ctx.attempts == 1 && request.body.is_none() && app.pool.upstreams.len() > 1;
         let outgoing = build(&upstream, &mut request, may_retry);
+        tracing::trace!(
+            request_id = ctx.request_id_str(),
+            upstream = %upstream.url,
+            headers = ?RedactedHeaders(outgoing.headers()),
+            "forwarding"
+        );
         let in_flight = upstream.begin_request();
 
         let result =
