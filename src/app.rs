@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AuthMode, Config};
@@ -16,17 +17,20 @@ use crate::store::{self, Store};
 use crate::supabase::Supabase;
 use crate::upstream::Pool;
 
-/// Knobs that are not part of `proxy.toml` because only tests need them.
+/// How chatgate was started, beyond `proxy.toml` itself.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// SPEC section 9 fixes 5 s; tests shorten it.
     pub health_interval: Duration,
+    /// The file SIGHUP re-reads; `None` when the config came from elsewhere.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             health_interval: Duration::from_secs(5),
+            config_path: None,
         }
     }
 }
@@ -36,6 +40,9 @@ pub struct App {
     pub config: Config,
     pub pool: Arc<Pool>,
     pub store: Arc<dyn Store>,
+    /// Stops this App's background tasks (health checks) when a reload
+    /// replaces it or shutdown ends.
+    pub background: CancellationToken,
     pub supabase: Supabase,
     /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
     pub frame_ancestors: String,
@@ -43,7 +50,8 @@ pub struct App {
     pub librechat_tokens: TokenIssuer,
     /// The OpenID provider, in `auth_mode = "oidc"`.
     oidc: Option<OidcProvider>,
-    pub metrics: Metrics,
+    /// Shared by the Apps a reload swaps, so counters continue.
+    pub metrics: Arc<Metrics>,
     /// Upgraded connections (WebSocket) live outside hyper's connection
     /// tasks; shutdown waits for them here.
     pub tunnels: TaskTracker,
@@ -76,7 +84,8 @@ impl App {
             frame_ancestors,
             librechat_tokens,
             oidc,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
+            background: CancellationToken::new(),
             tunnels: TaskTracker::new(),
             draining: AtomicBool::new(false),
         })

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => runtime.block_on(run_check(&config, &cli.config)),
         Some(Command::Token(command)) => token(&config, command),
-        _ => runtime.block_on(run_proxy(config)),
+        _ => runtime.block_on(run_proxy(config, cli.config.clone())),
     }
 }
 
@@ -187,12 +187,16 @@ async fn run_check(config: &Config, path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run_proxy(config: Config) -> ExitCode {
+async fn run_proxy(config: Config, path: PathBuf) -> ExitCode {
     logging::init(&config.log);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let running = match server::start(config, Options::default()).await {
+    let options = Options {
+        config_path: Some(path),
+        ..Options::default()
+    };
+    let running = match server::start(config, options).await {
         Ok(running) => running,
         Err(error) => {
             eprintln!("chatgate: {error}");

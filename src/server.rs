@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -40,18 +41,29 @@ pub enum StartError {
     Config(String),
 }
 
+/// The App requests are served with; a reload swaps it whole, and each
+/// request takes the current one.
+pub type Apps = Arc<ArcSwap<App>>;
+
 /// A started chatgate: its bound addresses and the handle to stop it.
 #[derive(Debug)]
 pub struct Running {
     pub tls_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
-    pub app: Arc<App>,
+    apps: Apps,
+    options: Options,
     resolver: Arc<CertResolver>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Running {
+    /// The App serving requests now.
+    pub fn app(&self) -> Arc<App> {
+        self.apps.load_full()
+    }
+
     /// Begins the graceful shutdown (what SIGTERM does).
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -62,11 +74,73 @@ impl Running {
         let _ = self.task.await;
     }
 
-    /// Re-reads `tls.cert` / `tls.key` (what SIGHUP does). Connections
-    /// already open keep their certificate.
+    /// Re-reads `tls.cert` / `tls.key`. Connections already open keep their
+    /// certificate.
     pub fn reload_certificates(&self) -> Result<(), tls::TlsError> {
-        self.resolver.reload(&self.app.config.tls)
+        self.resolver.reload(&self.app().config.tls)
     }
+
+    /// What SIGHUP does (SPEC section 12): re-reads the config file and the
+    /// certificate and swaps them in without dropping a connection. A bad
+    /// new config or certificate changes nothing.
+    pub async fn reload(&self) -> Result<(), String> {
+        let path = self
+            .options
+            .config_path
+            .as_ref()
+            .ok_or("no config file to re-read")?;
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        self.reload_with(config).await
+    }
+
+    /// Swaps in `config` (see `reload`).
+    pub async fn reload_with(&self, config: Config) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.apps.load_full();
+        if old.is_draining() {
+            return Err("shutting down".to_owned());
+        }
+        for (key, was, now) in [
+            (
+                "server.listen",
+                Some(old.config.server.listen),
+                Some(config.server.listen),
+            ),
+            (
+                "server.http_listen",
+                old.config.server.http_listen,
+                config.server.http_listen,
+            ),
+        ] {
+            if was != now {
+                tracing::warn!(
+                    key,
+                    "a changed listen address takes effect at the next restart"
+                );
+            }
+        }
+        let key = tls::load_certified_key(&config.tls).map_err(|e| e.to_string())?;
+        let mut app = App::new(config).await?;
+        // Counters and open tunnels belong to the process, not to one config.
+        app.metrics = old.metrics.clone();
+        app.tunnels = old.tunnels.clone();
+        let app = Arc::new(app);
+        spawn_health_checks(&app, self.options.health_interval);
+        self.resolver.set(key);
+        self.apps.store(app);
+        old.background.cancel();
+        tracing::info!("config reloaded");
+        Ok(())
+    }
+}
+
+fn spawn_health_checks(app: &Arc<App>, interval: Duration) {
+    tokio::spawn(upstream::health::run(
+        app.pool.clone(),
+        app.config.librechat.health_path.clone(),
+        interval,
+        app.background.clone(),
+    ));
 }
 
 /// Binds the listeners and starts serving in the background.
@@ -99,17 +173,16 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let stop_accepting = CancellationToken::new();
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
-
-    let health_stop = CancellationToken::new();
-    tokio::spawn(upstream::health::run(
-        app.pool.clone(),
-        app.config.librechat.health_path.clone(),
-        options.health_interval,
-        health_stop.clone(),
+    spawn_health_checks(&app, options.health_interval);
+    let apps: Apps = Arc::new(ArcSwap::new(app));
+    tokio::spawn(watch_certificates(
+        apps.clone(),
+        resolver.clone(),
+        shutdown.clone(),
     ));
 
     let listeners = Listeners {
-        app: app.clone(),
+        apps: apps.clone(),
         builder,
         connections: connections.clone(),
         stop_accepting: stop_accepting.clone(),
@@ -124,21 +197,22 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     tracing::info!(%tls_addr, http_addr = ?http_addr, "chatgate listening");
 
     let task = tokio::spawn(drain_on_shutdown(
-        app.clone(),
+        apps.clone(),
         shutdown.clone(),
         stop_accepting,
         closing,
         connections,
         accept_loops,
-        health_stop,
     ));
     Ok(Running {
         tls_addr,
         http_addr,
-        app,
+        apps,
+        options,
         resolver,
         shutdown,
         task,
+        reloading: tokio::sync::Mutex::new(()),
     })
 }
 
@@ -180,15 +254,15 @@ fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
 /// SPEC section 12: `/readyz` turns 503 at once, listeners close after a
 /// third of the grace, and open requests, streams and tunnels get the rest.
 async fn drain_on_shutdown(
-    app: Arc<App>,
+    apps: Apps,
     shutdown: CancellationToken,
     stop_accepting: CancellationToken,
     closing: CancellationToken,
     connections: TaskTracker,
     accept_loops: Vec<JoinHandle<()>>,
-    health_stop: CancellationToken,
 ) {
     shutdown.cancelled().await;
+    let app = apps.load_full();
     let grace = app.config.server.shutdown_grace;
     app.start_draining();
     tracing::info!(?grace, "shutdown: draining");
@@ -215,13 +289,13 @@ async fn drain_on_shutdown(
             "shutdown: grace over, closing what is left"
         );
     }
-    health_stop.cancel();
+    apps.load_full().background.cancel();
     tracing::info!("shutdown: done");
 }
 
 #[derive(Clone)]
 struct Listeners {
-    app: Arc<App>,
+    apps: Apps,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: TaskTracker,
     stop_accepting: CancellationToken,
@@ -272,8 +346,9 @@ impl Listeners {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.app.clone();
-        let service = service_fn(move |request| proxy::handle(app.clone(), conn.clone(), request));
+        let apps = self.apps.clone();
+        let service =
+            service_fn(move |request| proxy::handle(apps.load_full(), conn.clone(), request));
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -291,8 +366,43 @@ impl Listeners {
     }
 }
 
+/// SPEC section 12: a change of the certificate files reloads them. Polled,
+/// because an inotify watch misses files replaced by rename on some systems.
+async fn watch_certificates(apps: Apps, resolver: Arc<CertResolver>, stop: CancellationToken) {
+    let stamp = |app: &App| {
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (
+            modified(&app.config.tls.cert),
+            modified(&app.config.tls.key),
+        )
+    };
+    let mut seen = stamp(&apps.load());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CERT_POLL) => {}
+        }
+        let app = apps.load_full();
+        let now = stamp(&app);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match resolver.reload(&app.config.tls) {
+            Ok(()) => tracing::info!("certificate files changed: reloaded"),
+            // Often a half-written pair: the next change retries.
+            Err(error) => {
+                tracing::warn!(%error, "certificate files changed but do not load; keeping the old one")
+            }
+        }
+    }
+}
+
+/// How often the certificate files' modification times are compared.
+const CERT_POLL: Duration = Duration::from_secs(5);
+
 /// Runs until SIGTERM or SIGINT has drained chatgate; SIGHUP reloads the
-/// certificate.
+/// config and the certificate.
 pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -302,9 +412,9 @@ pub async fn run_until_signalled(running: Running) -> std::io::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match running.reload_certificates() {
-                Ok(()) => tracing::info!("SIGHUP: certificate reloaded"),
-                Err(error) => tracing::error!(%error, "SIGHUP: certificate not reloaded, keeping the old one"),
+            _ = hup.recv() => match running.reload().await {
+                Ok(()) => tracing::info!("SIGHUP: config and certificate reloaded"),
+                Err(error) => tracing::error!(%error, "SIGHUP: reload refused, keeping the running config"),
             },
         }
     }

@@ -135,9 +135,12 @@ impl CertResolver {
     }
 
     pub fn reload(&self, config: &TlsConfig) -> Result<(), TlsError> {
-        let key = load_certified_key(config)?;
-        self.current.store(Arc::new(key));
+        self.set(load_certified_key(config)?);
         Ok(())
+    }
+
+    pub fn set(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
     }
 }
 

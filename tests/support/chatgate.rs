@@ -173,6 +173,7 @@ impl Gate {
         super::init_crypto();
         let options = Options {
             health_interval: Duration::from_millis(100),
+            config_path: None,
         };
         let running = server::start(config.load(dir), options)
             .await
@@ -191,19 +192,19 @@ impl Gate {
         self.running.http_addr.expect("http_listen is on")
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.running.app
+    pub fn app(&self) -> Arc<App> {
+        self.running.app()
     }
 }
 
-/// Polls `check` every 20 ms until it holds; panics with `what` after 10 s.
+/// Polls `check` every 20 ms until it holds; panics with `what` after ~30 s.
 /// The bound only stops a broken test from hanging; no test asserts a time.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..500 {
+    for _ in 0..1500 {
         if check().await {
             return;
         }
