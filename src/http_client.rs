@@ -83,7 +83,7 @@ pub async fn send(
         let response = client
             .request(request)
             .await
-            .map_err(|e| HttpError::Connect(crate::upstream::health::error_chain(&e)))?;
+            .map_err(|e| HttpError::Connect(crate::error::error_chain(&e)))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_BODY)
             .collect()

@@ -300,13 +300,7 @@ async fn token(app: &App, request: Request<Incoming>) -> Result<Response<ProxyBo
         }
         let current = handoff::generation(app, &grant.user.sub)
             .await
-            .map_err(|_| {
-                OAuthError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "store unavailable",
-                )
-            })?;
+            .map_err(|_| store_unavailable())?;
         if current != grant.generation {
             return Err(invalid_grant("the user signed out"));
         }
@@ -319,13 +313,7 @@ async fn token(app: &App, request: Request<Incoming>) -> Result<Response<ProxyBo
                 app.librechat_tokens.ttl(),
             )
             .await
-            .map_err(|_| {
-                OAuthError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "store unavailable",
-                )
-            })?;
+            .map_err(|_| store_unavailable())?;
         provider.tokens(&grant, &refresh_token, with_nonce)
     }
     .await;
@@ -348,14 +336,16 @@ async fn token(app: &App, request: Request<Incoming>) -> Result<Response<ProxyBo
     Ok(response)
 }
 
+fn store_unavailable() -> OAuthError {
+    OAuthError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "store unavailable",
+    )
+}
+
 async fn take_grant(app: &App, key: &str) -> Result<Option<Grant>, OAuthError> {
-    let bytes = app.store.take(key).await.map_err(|_| {
-        OAuthError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "store unavailable",
-        )
-    })?;
+    let bytes = app.store.take(key).await.map_err(|_| store_unavailable())?;
     Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
 }
 

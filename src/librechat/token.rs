@@ -90,22 +90,10 @@ impl TokenClaims {
     }
 }
 
-/// What JavaScript's `encodeURIComponent` leaves alone, so the URL is the
-/// one the seed's dashboard builds.
-const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'!')
-    .remove(b'~')
-    .remove(b'*')
-    .remove(b'\'')
-    .remove(b'(')
-    .remove(b')');
-
 /// SPEC section 7: ui-avatars with the brand colours when no picture is known.
 pub fn default_avatar(name: &str) -> String {
-    let encoded = percent_encoding::utf8_percent_encode(name, URI_COMPONENT);
+    let encoded =
+        percent_encoding::utf8_percent_encode(name, crate::supabase::cookie::URI_COMPONENT);
     format!("https://ui-avatars.com/api/?name={encoded}&background=0D9488&color=fff")
 }
 

@@ -23,7 +23,7 @@ pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B
 }
 
 pub fn error(ctx: &RequestContext, error: &ProxyError) {
-    let chain = crate::upstream::health::error_chain(error);
+    let chain = crate::error::error_chain(error);
     if error.status().is_server_error() {
         tracing::warn!(request_id = ctx.request_id_str(), error = %chain, "request failed");
     } else {

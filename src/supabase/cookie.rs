@@ -49,7 +49,7 @@ const BASE64_PREFIX: &[u8] = b"base64-";
 
 /// What `encodeURIComponent` leaves alone: ASCII letters, digits and
 /// `-_.!~*'()`. Chunk sizes are measured on this encoding, so it must match.
-const URI_COMPONENT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub const URI_COMPONENT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pool, Upstream};
 use crate::body;
+use crate::error::error_chain;
 
 /// How long one check may take before it counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -96,16 +97,4 @@ pub fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
         source = e.source();
     }
     false
-}
-
-/// "outer: inner: innermost", for one-line messages.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
