@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every chatgate test. Tests start their own redis-server (and, where
-# usage metering is tested, a throw-away PostgreSQL cluster), so this script
-# first makes sure those programs are installed, then runs `cargo test`.
+# usage metering is tested, a throw-away PostgreSQL cluster) and drive
+# Debian's headless Chromium, so this script first makes sure those programs
+# are installed, then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v node >/dev/null || missing+=(nodejs npm)
+# tests/browser_frame.rs launches exactly this binary.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -29,6 +32,10 @@ fi
 # JavaScript helpers used by interop tests (the real @supabase/ssr package).
 if [ -f tests/js/package.json ] && [ ! -d tests/js/node_modules ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+fi
+# playwright-core, which drives Chromium for the browser test (it downloads no browser).
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 
 exec cargo test "$@"

@@ -178,6 +178,37 @@ async fn set_cookie_sends_two_librechat_cookies() {
 }
 
 #[tokio::test]
+async fn the_app_page_sets_strict_cookies_and_moves_to_root_only_when_asked() {
+    let upstream = StandInLibreChat::start("lc-app").await;
+    let page = [("accept", "text/html,application/xhtml+xml")];
+
+    let (status, headers, body) =
+        client::plain_get(upstream.addr(), librechat::APP_PATH, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "content-type"), "text/html; charset=utf-8");
+    let cookies: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, librechat::SET_COOKIES);
+    assert_librechat_headers(&headers, "lc-app");
+    let html = String::from_utf8(body.to_vec()).unwrap();
+    assert!(html.contains(&format!("data-app=\"{}\"", librechat::APP_MARKER)));
+    assert!(html.contains(&format!("fetch(\"{}\"", librechat::APP_XHR_PATH)));
+
+    // `/` stays the echo, even for a page load, until the test asks for the app there.
+    let (_, _, body) = client::plain_get(upstream.addr(), "/", &page).await;
+    assert_eq!(json(&body)["path"], "/");
+    upstream.serve_app_at_root();
+    let (_, _, body) = client::plain_get(upstream.addr(), "/", &[]).await;
+    assert_eq!(json(&body)["path"], "/", "an API call to / still echoes");
+    let (_, headers, body) = client::plain_get(upstream.addr(), "/", &page).await;
+    assert_eq!(header(&headers, "content-type"), "text/html; charset=utf-8");
+    assert!(String::from_utf8_lossy(&body).contains(librechat::APP_MARKER));
+}
+
+#[tokio::test]
 async fn csp_sends_a_content_security_policy() {
     let upstream = StandInLibreChat::start("lc-csp").await;
 

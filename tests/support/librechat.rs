@@ -1,11 +1,12 @@
 //! A stand-in LibreChat upstream: a real hyper HTTP/1.1 server on 127.0.0.1 with the routes
-//! chatgate's tests need (health, SSE, streamed upload/download, WebSocket, echo) and a log
-//! of every request it received.
+//! chatgate's tests need (health, SSE, streamed upload/download, WebSocket, echo, a small
+//! browser app) and a log of every request it received.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,17 @@ pub const SET_COOKIES: [&str; 2] = [
     "refreshToken=abc; Path=/api; HttpOnly; Secure; SameSite=Strict",
     "token_provider=librechat; Path=/; HttpOnly; SameSite=Strict",
 ];
+
+/// `data-app` on the `<body>` of the app page ([`APP_PATH`]), so a browser test can tell the
+/// stand-in's page from an error page.
+pub const APP_MARKER: &str = "chatgate-standin-app";
+
+/// Where the app page always answers (and `/` too, after
+/// [`StandInLibreChat::serve_app_at_root`]).
+pub const APP_PATH: &str = "/app";
+
+/// The API path the app page's script fetches once it has loaded.
+pub const APP_XHR_PATH: &str = "/api/user?from=app";
 
 /// The `Content-Security-Policy` `/csp` sends.
 pub const CSP: &str = "default-src 'self'; frame-ancestors 'none'; img-src *";
@@ -79,6 +91,8 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     sse_permits: Semaphore,
     upload_started: watch::Sender<bool>,
+    /// Browser page loads of `/` get the app page, as LibreChat's SPA answers them.
+    app_at_root: AtomicBool,
     /// Connection and WebSocket tasks; `None` once stopped, so nothing new is spawned.
     tasks: Mutex<Option<JoinSet<()>>>,
 }
@@ -120,6 +134,7 @@ impl StandInLibreChat {
             requests: Mutex::new(Vec::new()),
             sse_permits: Semaphore::new(0),
             upload_started: watch::Sender::new(false),
+            app_at_root: AtomicBool::new(false),
             tasks: Mutex::new(Some(JoinSet::new())),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -163,6 +178,12 @@ impl StandInLibreChat {
     /// Lets `/sse` streams (all of them, together) write `n` more events.
     pub fn release_sse(&self, n: usize) {
         self.state.sse_permits.add_permits(n);
+    }
+
+    /// From now on a browser page load of `/` (`GET` accepting `text/html`, what the hand-off
+    /// lands on) gets the app page instead of the echo, as LibreChat serves its client there.
+    pub fn serve_app_at_root(&self) {
+        self.state.app_at_root.store(true, Ordering::Relaxed);
     }
 
     /// Resolves once any `/upload` has received its first body bytes.
@@ -223,8 +244,11 @@ async fn handle(
     state.requests.lock().unwrap().push(recorded.clone());
 
     let query = req.uri().query().unwrap_or("").to_owned();
+    let app_at_root = state.app_at_root.load(Ordering::Relaxed) && is_page_load(&req);
     let mut res = match req.uri().path() {
         "/health" => text(StatusCode::OK, "OK"),
+        "/" if app_at_root => app_page(&state),
+        APP_PATH => app_page(&state),
         "/sse" => sse(&state, number(&query, "events")),
         "/upload" => upload(&state, req.into_body()).await,
         "/download" => download(number(&query, "bytes")),
@@ -260,6 +284,88 @@ async fn handle(
     headers.insert("x-instance", state.id_header.clone());
     Ok(res)
 }
+
+/// A browser navigation: `GET` accepting `text/html`.
+fn is_page_load(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::GET
+        && req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}
+
+/// A page like LibreChat's client: its first response sets LibreChat's `SameSite=Strict`
+/// cookies ([`SET_COOKIES`]), its script then calls [`APP_XHR_PATH`] on the same origin and
+/// shows what this instance received, and leaves the outcome in `window.standInResult` and
+/// `<body data-status="ok|failed">`.
+fn app_page(state: &State) -> Response<ResBody> {
+    let html = APP_PAGE
+        .replace("{marker}", APP_MARKER)
+        .replace("{instance}", &state.id)
+        .replace("{xhr}", APP_XHR_PATH);
+    let mut res = Response::new(full(html));
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in SET_COOKIES {
+        headers.append(header::SET_COOKIE, HeaderValue::from_static(cookie));
+    }
+    res
+}
+
+const APP_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Stand-in LibreChat</title>
+<style>
+  body { font: 15px/1.4 sans-serif; margin: 0; padding: 16px; background: #f0fdfa; color: #134e4a; }
+  h2 { margin: 0 0 8px; }
+  #status { font-weight: bold; }
+  body[data-status="ok"] #status { color: #047857; }
+  body[data-status="failed"] #status { color: #b91c1c; }
+  pre { background: #fff; border: 1px solid #99f6e4; padding: 8px; white-space: pre-wrap; word-break: break-all; }
+</style>
+</head>
+<body data-app="{marker}" data-status="loading">
+<h2>Stand-in LibreChat &middot; instance {instance}</h2>
+<p id="status">calling {xhr} &hellip;</p>
+<pre id="result"></pre>
+<script>
+(async () => {
+  const show = (status, line, result) => {
+    window.standInResult = { status, line, ...result };
+    document.getElementById("status").textContent = line;
+    document.getElementById("result").textContent = JSON.stringify(result, null, 2);
+    document.body.dataset.status = status;
+  };
+  try {
+    const res = await fetch("{xhr}", { headers: { accept: "application/json" } });
+    const body = await res.json();
+    if (!res.ok) {
+      show("failed", `XHR answered ${res.status}`, { http_status: res.status, body });
+      return;
+    }
+    const seen = (name) => body.headers.filter(([n]) => n === name).map(([, v]) => v).join("; ");
+    show("ok", `XHR ${res.status} from instance ${body.instance}`, {
+      http_status: res.status,
+      instance: body.instance,
+      user_id: seen("x-chatgate-user-id"),
+      org_id: seen("x-chatgate-org-id"),
+      cookie_received: seen("cookie"),
+    });
+  } catch (e) {
+    show("failed", `XHR failed: ${e}`, { error: String(e) });
+  }
+})();
+</script>
+</body>
+</html>
+"#;
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers

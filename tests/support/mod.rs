@@ -4,6 +4,7 @@
 
 pub mod chatgate;
 pub mod client;
+pub mod dashboard;
 pub mod librechat;
 pub mod redis;
 pub mod ssr;
