@@ -129,6 +129,13 @@ async fn hsts_is_sent_on_tls_only() {
     assert!(!headers.contains_key("strict-transport-security"));
     let (_, headers, _) = get(&w.gate, Alpn::H1, "/healthz", &[]).await;
     assert!(headers.contains_key("strict-transport-security"));
+    // chatgate's own answers are framed by the dashboard only, too.
+    let (status, headers, _) = get(&w.gate, Alpn::H1, "/api/convos", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers["content-security-policy"],
+        format!("frame-ancestors 'self' {DASHBOARD}").as_str()
+    );
 }
 
 #[tokio::test]

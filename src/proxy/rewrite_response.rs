@@ -81,10 +81,18 @@ fn merge_frame_ancestors(headers: &mut HeaderMap, directive: &str) {
     }
 }
 
-/// Headers every response gets, chatgate's own included: HSTS over TLS,
+/// Headers every response gets, chatgate's own included: a CSP
+/// `frame-ancestors`, HSTS over TLS,
 /// and with `iframe.cross_site` every cookie made usable in a third-party
 /// frame (`SameSite=None; Secure; Partitioned`, CHIPS).
 pub fn finish_headers(app: &App, ctx: &RequestContext, headers: &mut HeaderMap) {
+    // chatgate's own answers (the hand-off redirect, errors) are framed only
+    // by the dashboard too; forwarded ones already carry the merged policy.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        if let Ok(value) = HeaderValue::from_str(&app.frame_ancestors) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, value);
+        }
+    }
     if ctx.conn.tls {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, HSTS_VALUE.clone());
     }
