@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use crate::supabase::Supabase;
+use crate::upstream::sticky::StickyPins;
 use crate::upstream::Pool;
 
 /// Knobs that are not part of `proxy.toml` because only tests need them.
@@ -33,6 +34,9 @@ pub struct App {
     pub config: Config,
     pub pool: Arc<Pool>,
     pub store: Arc<dyn Store>,
+    /// Which instance each user is held to (in `store`), and the fallback
+    /// when the store does not answer.
+    pub pins: StickyPins,
     pub supabase: Supabase,
     /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
     pub frame_ancestors: String,
@@ -53,10 +57,12 @@ impl App {
         let frame_ancestors = crate::proxy::rewrite_response::frame_ancestors_directive(
             &config.iframe.allowed_origins,
         );
+        let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
         Ok(Self {
             config,
             pool: Arc::new(pool),
             store,
+            pins,
             supabase,
             frame_ancestors,
             metrics: Metrics::default(),

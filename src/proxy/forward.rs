@@ -30,7 +30,7 @@ pub async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut failed: Option<Arc<Upstream>> = None;
     loop {
-        let upstream = pick_upstream(app, ctx, failed.as_ref())?;
+        let upstream = pick_upstream(app, ctx, failed.as_ref()).await?;
         ctx.attempts += 1;
         ctx.upstream = Some(upstream.clone());
         // A request can be sent twice only if it has no body to lose.
@@ -60,7 +60,11 @@ pub async fn forward(
             }
         };
         app.metrics.record_upstream_error();
-        upstream.record_failure(is_refused(&error));
+        // SPEC section 9's passive check: the instance failed us — unless
+        // our own side did (the client's upload broke off or stalled).
+        if !caused_by_client(&error) {
+            upstream.record_failure(is_refused(&error));
+        }
         // Connect failures never reached the instance; idempotent requests
         // that got no response head are safe to send again.
         let retry = may_retry && (error.is_connect() || is_idempotent(&request.method));
@@ -78,16 +82,20 @@ pub async fn forward(
     }
 }
 
-/// The instance for this attempt. Until users are identified (issue 3) and
-/// pinned (issue 5), requests go to the least-loaded healthy instance.
-fn pick_upstream(
+/// The instance for this attempt (SPEC section 9): a signed-in user's
+/// pinned instance, else a new pin (see `upstream::sticky`); a retry passes
+/// the instance that failed, which moves the pin. Requests without a user
+/// go to the least-loaded healthy instance.
+async fn pick_upstream(
     app: &App,
-    _ctx: &RequestContext,
+    ctx: &RequestContext,
     failed: Option<&Arc<Upstream>>,
 ) -> Result<Arc<Upstream>, ProxyError> {
-    app.pool
-        .least_loaded(failed)
-        .ok_or(ProxyError::NoHealthyUpstream)
+    let picked = match &ctx.identity {
+        Some(identity) => app.pins.pick(&app.pool, identity.user_id(), failed).await,
+        None => app.pool.least_loaded(failed),
+    };
+    picked.ok_or(ProxyError::NoHealthyUpstream)
 }
 
 fn build(
@@ -110,6 +118,21 @@ fn build(
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
     outgoing
+}
+
+/// Whether hyper blames its caller: the request body we streamed (the
+/// client's) failed, which says nothing about the instance.
+fn caused_by_client(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn is_idempotent(method: &Method) -> bool {
