@@ -187,11 +187,15 @@ impl Pool {
         self.upstreams.iter().filter(|u| u.is_routable()).count()
     }
 
-    /// The instance configured as `url` (a pin's value), if any.
+    /// The instance configured as `url` (a pin's value), if any. A missing
+    /// trailing `/` is tolerated, so an operator can move a user by hand
+    /// (`SET chatgate:sticky:<id> http://lc2:3080`).
     pub fn find(&self, url: &[u8]) -> Option<&Arc<Upstream>> {
-        self.upstreams
-            .iter()
-            .find(|u| u.url.as_str().as_bytes() == url)
+        let url = url.strip_suffix(b"/").unwrap_or(url);
+        self.upstreams.iter().find(|u| {
+            let own = u.url.as_str().as_bytes();
+            own.strip_suffix(b"/").unwrap_or(own) == url
+        })
     }
 
     /// Where `user_id` goes when no pin decides: rendezvous hashing over the

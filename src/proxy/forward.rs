@@ -174,3 +174,54 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: crate::upstr
         tracing::debug!(%error, "tunnel closed with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    use super::*;
+    use crate::error::BoxError;
+
+    fn upstream(addr: std::net::SocketAddr) -> Upstream {
+        Upstream::new(format!("http://{addr}").parse().unwrap(), false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_broken_client_upload_is_not_the_instance_s_fault() {
+        // An instance that reads and never answers, so only the body can end the request.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut socket, &mut sink).await;
+        });
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"first chunk"))),
+            Err("the client went away".into()),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let upstream = upstream(addr);
+        let request = Request::post(upstream.uri_for("/api/files".parse().unwrap()))
+            .body(body)
+            .unwrap();
+        let error = upstream.client.request(request).await.unwrap_err();
+        assert!(caused_by_client(&error), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_the_instance_s_fault() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let upstream = upstream(addr);
+        let request = Request::get(upstream.uri_for("/".parse().unwrap()))
+            .body(body::empty())
+            .unwrap();
+        let error = upstream.client.request(request).await.unwrap_err();
+        assert!(!caused_by_client(&error), "{error:?}");
+        assert!(is_refused(&error));
+    }
+}

@@ -4,7 +4,8 @@
 //! mid-generation loses it.
 //!
 //! A pin is `chatgate:sticky:<user id>` → the instance's URL, with TTL `store.sticky_ttl`,
-//! renewed on use. One key per user and no multi-key operation, so it needs no hash tag on a Redis
+//! renewed on use — in the background, and at most once per [`RENEW_INTERVAL`] per user and
+//! replica, because the TTL is hours and one page load makes dozens of requests. One key per user and no multi-key operation, so it needs no hash tag on a Redis
 //! Cluster. The rules, in order:
 //!
 //! 1. A pin to an instance that is configured, routable and not the one a retry is leaving is
@@ -32,7 +33,14 @@ use crate::store::{Store, StoreError};
 /// The prefix of every pin's key; the Supabase user id follows.
 pub const KEY_PREFIX: &str = "chatgate:sticky:";
 
-/// How long the store is skipped after it failed to answer, before a background probe.
+/// A pin in use is renewed at most this often by one replica.
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Users whose pins this replica renewed within [`RENEW_INTERVAL`], at most; past it, a user
+/// is merely renewed again.
+const RENEWED_CAPACITY: u64 = 100_000;
+
+/// How long the store is skipped after it failed, before a background probe.
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// The store key of `user_id`'s pin.
@@ -48,7 +56,7 @@ pub fn key(user_id: &str) -> String {
 pub enum PinState {
     /// The store answers (or has not failed yet): users follow their pins.
     Pinning,
-    /// The store did not answer lately: users go by rendezvous hashing until it does.
+    /// The store failed lately: users go by rendezvous hashing until it answers.
     Hashing,
 }
 
@@ -58,6 +66,8 @@ pub struct StickyPins {
     store: Arc<dyn Store>,
     ttl: Duration,
     breaker: Arc<Breaker>,
+    /// User ids whose pin was renewed lately.
+    renewed: moka::sync::Cache<String, ()>,
 }
 
 impl StickyPins {
@@ -66,6 +76,10 @@ impl StickyPins {
             store,
             ttl,
             breaker: Arc::new(Breaker::new()),
+            renewed: moka::sync::Cache::builder()
+                .max_capacity(RENEWED_CAPACITY)
+                .time_to_live(RENEW_INTERVAL)
+                .build(),
         }
     }
 
@@ -97,7 +111,8 @@ impl StickyPins {
         match self.store.get(&key).await {
             Ok(Some(pinned)) => {
                 if let Some(upstream) = pool.find(&pinned).filter(|u| usable(u)) {
-                    if !upstream.draining {
+                    if !upstream.draining && !self.renewed.contains_key(user_id) {
+                        self.renewed.insert(user_id.to_owned(), ());
                         self.renew(key);
                     }
                     return Some(upstream.clone());
@@ -105,9 +120,8 @@ impl StickyPins {
             }
             Ok(None) => {}
             Err(error) => {
-                if self.failed(&error) {
-                    return pool.choose_new(user_id, failed).cloned();
-                }
+                self.breaker.open(&error);
+                return pool.choose_new(user_id, failed).cloned();
             }
         }
         let chosen = pool.choose_new(user_id, failed)?;
@@ -115,7 +129,7 @@ impl StickyPins {
         if !chosen.draining {
             let value = Bytes::copy_from_slice(chosen.url.as_str().as_bytes());
             if let Err(error) = self.store.set(&key, value, self.ttl).await {
-                self.failed(&error);
+                self.breaker.open(&error);
             }
             tracing::debug!(user_id, upstream = %chosen.url, "pinned");
         }
@@ -123,25 +137,23 @@ impl StickyPins {
     }
 
     /// Renews the pin's TTL without making the request wait for it.
+    #[cold]
     fn renew(&self, key: String) {
         let store = self.store.clone();
         let breaker = self.breaker.clone();
         let ttl = self.ttl;
         tokio::spawn(async move {
             if let Err(error) = store.touch(&key, ttl).await {
-                breaker.record(&error);
+                breaker.open(&error);
             }
         });
     }
-
-    /// Records a store error; says whether the store is unreachable (as opposed to refusing).
-    fn failed(&self, error: &StoreError) -> bool {
-        self.breaker.record(error)
-    }
 }
 
-/// Skips the store for [`BREAKER_COOLDOWN`] after an unanswered operation; then one background
-/// `PING` decides whether requests use it again. Requests never wait on the probe.
+/// Skips the store for [`BREAKER_COOLDOWN`] after a failed operation; then one background `PING`
+/// decides whether requests use it again. Requests never wait on the probe. Any error opens it,
+/// not only an unanswered one: a Redis that refuses every command (a wrong password) is as
+/// useless for pins as a dead one, and one warning per outage beats one per request.
 #[derive(Debug)]
 struct Breaker {
     epoch: Instant,
@@ -179,9 +191,7 @@ impl Breaker {
             tokio::spawn(async move {
                 match store.ping().await {
                     Ok(()) => breaker.close(),
-                    Err(error) => {
-                        breaker.record(&error);
-                    }
+                    Err(error) => breaker.open(&error),
                 }
                 breaker.probing.store(false, Ordering::Release);
             });
@@ -189,17 +199,12 @@ impl Breaker {
         false
     }
 
-    /// Opens the breaker when `error` says the store is unreachable; returns whether it did.
-    fn record(&self, error: &StoreError) -> bool {
-        if !error.is_unavailable() {
-            tracing::warn!(%error, "store refused a sticky-pin operation");
-            return false;
-        }
+    /// Skips the store for the next [`BREAKER_COOLDOWN`].
+    fn open(&self, error: &StoreError) {
         let until = self.now_ms() + BREAKER_COOLDOWN.as_millis() as u64;
         if self.open_until.swap(until, Ordering::AcqRel) == 0 {
-            tracing::warn!(%error, "store unreachable: users go by rendezvous hashing until it answers");
+            tracing::warn!(%error, "store failed: users go by rendezvous hashing until it answers");
         }
-        true
     }
 
     fn close(&self) {
@@ -502,5 +507,12 @@ mod tests {
         }
         settle().await;
         assert_eq!(*store.touched.lock().unwrap(), [key("kept")]);
+
+        // Within RENEW_INTERVAL, more requests do not renew it again.
+        for _ in 0..10 {
+            pins.pick(&pool, "kept", None).await.unwrap();
+        }
+        settle().await;
+        assert_eq!(store.touched.lock().unwrap().len(), 1);
     }
 }
