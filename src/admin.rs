@@ -7,6 +7,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use crate::app::App;
 use crate::body::{self, ProxyBody};
+use crate::upstream::sticky::PinState;
 
 /// Answers the admin routes; `None` for every other request.
 pub fn route(app: &App, method: &Method, path: &str) -> Option<Response<ProxyBody>> {
@@ -56,11 +57,19 @@ fn readyz(app: &App) -> Response<ProxyBody> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
+    // Informational: a store that does not answer degrades stickiness
+    // (users go by rendezvous hashing), not readiness — failing readiness on
+    // it would take every replica out of the load balancer at once.
+    let sticky_pins = match app.pins.state() {
+        PinState::Pinning => "pinning",
+        PinState::Hashing => "hashing",
+    };
     let body = serde_json::json!({
         "status": word,
         "reasons": reasons,
         "healthy_upstreams": healthy,
         "upstreams": upstreams,
+        "store": { "kind": app.store.kind(), "sticky_pins": sticky_pins },
     });
     text(status, "application/json", Bytes::from(body.to_string()))
 }

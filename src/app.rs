@@ -15,6 +15,7 @@ use crate::librechat::token::TokenIssuer;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use crate::supabase::Supabase;
+use crate::upstream::sticky::StickyPins;
 use crate::upstream::Pool;
 
 /// How chatgate was started, beyond `proxy.toml` itself.
@@ -43,6 +44,9 @@ pub struct App {
     /// Stops this App's background tasks (health checks) when a reload
     /// replaces it or shutdown ends.
     pub background: CancellationToken,
+    /// Which instance each user is held to (in `store`), and the fallback
+    /// when the store does not answer.
+    pub pins: StickyPins,
     pub supabase: Supabase,
     /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
     pub frame_ancestors: String,
@@ -76,10 +80,12 @@ impl App {
         let frame_ancestors = crate::proxy::rewrite_response::frame_ancestors_directive(
             &config.iframe.allowed_origins,
         );
+        let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
         Ok(Self {
             config,
             pool: Arc::new(pool),
             store,
+            pins,
             supabase,
             frame_ancestors,
             librechat_tokens,

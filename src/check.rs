@@ -37,7 +37,8 @@ pub async fn run(config: &Config, path: &Path) -> Vec<CheckLine> {
     }
     lines.push(tls_line(config));
     for url in &config.librechat.upstreams {
-        lines.push(upstream_line(url, &config.librechat.health_path).await);
+        let draining = config.librechat.draining.contains(url);
+        lines.push(upstream_line(url, &config.librechat.health_path, draining).await);
     }
     lines.push(store_line(config).await);
     lines.push(supabase_line(config).await);
@@ -66,7 +67,7 @@ async fn store_line(config: &Config) -> CheckLine {
         Err(detail) => CheckLine {
             ok: false,
             what,
-            detail,
+            detail: format!("{detail}; until it answers, users go to instances by rendezvous hashing instead of sticky pins"),
         },
     }
 }
@@ -153,8 +154,12 @@ fn tls_line(config: &Config) -> CheckLine {
     }
 }
 
-async fn upstream_line(url: &url::Url, health_path: &str) -> CheckLine {
-    let what = format!("upstream {url}");
+async fn upstream_line(url: &url::Url, health_path: &str, draining: bool) -> CheckLine {
+    let what = if draining {
+        format!("upstream {url} (draining: no new sticky pins)")
+    } else {
+        format!("upstream {url}")
+    };
     let upstream = match Upstream::new(url.clone(), false) {
         Ok(upstream) => upstream,
         Err(detail) => {

@@ -1,7 +1,10 @@
 //! The LibreChat instances chatgate forwards to: one pooled keep-alive
-//! client each, their health, and the choice of instance for a request.
+//! client each, their health, and the choice of instance for a request
+//! (`sticky` pins a user, `select` hashes one when no pin can be read).
 
 pub mod health;
+pub mod select;
+pub mod sticky;
 
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -184,8 +187,36 @@ impl Pool {
         self.upstreams.iter().filter(|u| u.is_routable()).count()
     }
 
+    /// The instance configured as `url` (a pin's value), if any. A missing
+    /// trailing `/` is tolerated, so an operator can move a user by hand
+    /// (`SET chatgate:sticky:<id> http://lc2:3080`).
+    pub fn find(&self, url: &[u8]) -> Option<&Arc<Upstream>> {
+        let url = url.strip_suffix(b"/").unwrap_or(url);
+        self.upstreams.iter().find(|u| {
+            let own = u.url.as_str().as_bytes();
+            own.strip_suffix(b"/").unwrap_or(own) == url
+        })
+    }
+
+    /// Where `user_id` goes when no pin decides: rendezvous hashing over the
+    /// routable instances that are not draining, skipping `exclude`; when
+    /// all of those drain, over the draining ones (served, never pinned).
+    pub fn choose_new(
+        &self,
+        user_id: &str,
+        exclude: Option<&Arc<Upstream>>,
+    ) -> Option<&Arc<Upstream>> {
+        let usable =
+            |u: &&Arc<Upstream>| u.is_routable() && exclude.is_none_or(|e| !Arc::ptr_eq(e, u));
+        select::rendezvous(
+            user_id,
+            self.upstreams.iter().filter(usable).filter(|u| !u.draining),
+        )
+        .or_else(|| select::rendezvous(user_id, self.upstreams.iter().filter(usable)))
+    }
+
     /// The least-loaded routable instance, skipping `exclude` (the one a
-    /// retry is moving away from).
+    /// retry is moving away from). For requests without a user to pin.
     pub fn least_loaded(&self, exclude: Option<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
         self.upstreams
             .iter()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chatgate::store::{LockToken, MemoryStore, RedisStore, Store, StoreError};
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
 use tokio::sync::Barrier;
 
 /// Operation timeout for the Redis stores under test.
@@ -378,7 +378,7 @@ macro_rules! contract {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn redis_cluster_passes_every_case() {
-            let cluster = cluster::RedisCluster::start(3);
+            let cluster = RedisCluster::start(3);
             let store = RedisStore::connect(&cluster.url(), OP_TIMEOUT)
                 .await
                 .expect("connect");
@@ -628,7 +628,7 @@ mod redis_cluster_outage {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster_going_away_answers_unavailable_and_coming_back_heals_the_same_store() {
-        let mut cluster = cluster::RedisCluster::start(3);
+        let mut cluster = RedisCluster::start(3);
         let store = RedisStore::connect(&cluster.url(), OP_TIMEOUT)
             .await
             .expect("connect");
@@ -654,7 +654,7 @@ mod redis_cluster_outage {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster_down_at_start_up_is_not_fatal() {
-        let mut cluster = cluster::RedisCluster::start(3);
+        let mut cluster = RedisCluster::start(3);
         cluster.stop();
         let store = RedisStore::connect(&cluster.url(), OP_TIMEOUT)
             .await
@@ -668,173 +668,5 @@ mod redis_cluster_outage {
         cluster.restart();
         wait_until_answering(&store).await;
         assert_every_operation_works(&store).await;
-    }
-}
-
-/// A local Redis Cluster: `n` primaries on free ports, slots split evenly, no replicas. The
-/// cluster configuration lives in a temp dir, so `stop` and `restart` bring back the same cluster.
-mod cluster {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
-    use std::thread::sleep;
-    use std::time::{Duration, Instant};
-
-    use super::resp_command as command;
-
-    const SLOTS: usize = 16384;
-
-    pub struct RedisCluster {
-        nodes: Vec<Node>,
-        dir: tempfile::TempDir,
-    }
-
-    struct Node {
-        port: u16,
-        /// Picked explicitly: the default (port + 10000) may not exist or be free.
-        bus: u16,
-        process: Option<Child>,
-    }
-
-    impl RedisCluster {
-        pub fn start(n: usize) -> RedisCluster {
-            let mut cluster = RedisCluster {
-                nodes: Vec::new(),
-                dir: tempfile::tempdir().expect("temp dir"),
-            };
-            for _ in 0..n {
-                let node = (0..5)
-                    .find_map(|_| {
-                        let (port, bus) = (free_port(), free_port());
-                        let process = cluster.spawn(port, bus)?;
-                        Some(Node {
-                            port,
-                            bus,
-                            process: Some(process),
-                        })
-                    })
-                    .expect("cluster node did not start");
-                cluster.nodes.push(node);
-            }
-            let (first, first_bus) = (cluster.nodes[0].port, cluster.nodes[0].bus);
-            for (i, node) in cluster.nodes.iter().enumerate() {
-                let mut addslots = vec!["CLUSTER".to_owned(), "ADDSLOTS".to_owned()];
-                addslots.extend((i * SLOTS / n..(i + 1) * SLOTS / n).map(|slot| slot.to_string()));
-                expect_ok(node.port, &addslots);
-                let meet = [
-                    "CLUSTER",
-                    "MEET",
-                    "127.0.0.1",
-                    &first.to_string(),
-                    &first_bus.to_string(),
-                ];
-                expect_ok(node.port, &meet);
-            }
-            cluster.wait_until_formed();
-            cluster
-        }
-
-        pub fn url(&self) -> String {
-            let hosts: Vec<String> = self
-                .nodes
-                .iter()
-                .map(|node| format!("127.0.0.1:{}", node.port))
-                .collect();
-            format!("redis+cluster://{}", hosts.join(","))
-        }
-
-        /// Keys held by each node.
-        pub fn key_counts(&self) -> Vec<usize> {
-            self.nodes
-                .iter()
-                .map(|node| {
-                    let reply = command(node.port, &["DBSIZE"]);
-                    reply
-                        .trim()
-                        .trim_start_matches(':')
-                        .parse()
-                        .expect("DBSIZE")
-                })
-                .collect()
-        }
-
-        /// Kills every node (SIGKILL, like a crash).
-        pub fn stop(&mut self) {
-            for node in &mut self.nodes {
-                if let Some(mut process) = node.process.take() {
-                    let _ = process.kill();
-                    let _ = process.wait();
-                }
-            }
-        }
-
-        /// Starts every node again on its ports and waits until the cluster is whole.
-        pub fn restart(&mut self) {
-            self.stop();
-            for i in 0..self.nodes.len() {
-                let (port, bus) = (self.nodes[i].port, self.nodes[i].bus);
-                let process = self.spawn(port, bus).expect("cluster node did not restart");
-                self.nodes[i].process = Some(process);
-            }
-            self.wait_until_formed();
-        }
-
-        fn wait_until_formed(&self) {
-            let n = self.nodes.len();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !self.nodes.iter().all(|node| {
-                let info = command(node.port, &["CLUSTER", "INFO"]);
-                info.contains("cluster_state:ok")
-                    && info.contains(&format!("cluster_known_nodes:{n}"))
-            }) {
-                assert!(Instant::now() < deadline, "cluster did not form");
-                sleep(Duration::from_millis(100));
-            }
-        }
-
-        /// Spawns one node and waits for PING; `None` if it exits or stays silent.
-        fn spawn(&self, port: u16, bus: u16) -> Option<Child> {
-            let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-            let mut process = Command::new(&binary)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-port", &bus.to_string()])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|err| panic!("cannot run {binary}: {err}"));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(process.try_wait(), Ok(None)) {
-                if command(port, &["PING"]) == "+PONG\r\n" {
-                    return Some(process);
-                }
-                sleep(Duration::from_millis(20));
-            }
-            let _ = process.kill();
-            let _ = process.wait();
-            None
-        }
-    }
-
-    impl Drop for RedisCluster {
-        fn drop(&mut self) {
-            self.stop();
-        }
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("a free local port")
-    }
-
-    fn expect_ok(port: u16, args: &[impl AsRef<str>]) {
-        let reply = command(port, args);
-        assert_eq!(reply, "+OK\r\n", "{}", args[0].as_ref());
     }
 }

@@ -31,7 +31,7 @@ pub async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut failed: Option<Arc<Upstream>> = None;
     loop {
-        let upstream = pick_upstream(app, ctx, failed.as_ref())?;
+        let upstream = pick_upstream(app, ctx, failed.as_ref()).await?;
         ctx.attempts += 1;
         ctx.upstream = Some(upstream.clone());
         // A request can be sent twice only if it has no body to lose.
@@ -67,7 +67,11 @@ pub async fn forward(
             }
         };
         app.metrics.record_upstream_error();
-        upstream.record_failure(is_refused(&error));
+        // SPEC section 9's passive check: the instance failed us — unless
+        // our own side did (the client's upload broke off or stalled).
+        if !caused_by_client(&error) {
+            upstream.record_failure(is_refused(&error));
+        }
         // Connect failures never reached the instance; idempotent requests
         // that got no response head are safe to send again.
         let retry = may_retry && (error.is_connect() || is_idempotent(&request.method));
@@ -85,16 +89,20 @@ pub async fn forward(
     }
 }
 
-/// The instance for this attempt. Until users are identified (issue 3) and
-/// pinned (issue 5), requests go to the least-loaded healthy instance.
-fn pick_upstream(
+/// The instance for this attempt (SPEC section 9): a signed-in user's
+/// pinned instance, else a new pin (see `upstream::sticky`); a retry passes
+/// the instance that failed, which moves the pin. Requests without a user
+/// go to the least-loaded healthy instance.
+async fn pick_upstream(
     app: &App,
-    _ctx: &RequestContext,
+    ctx: &RequestContext,
     failed: Option<&Arc<Upstream>>,
 ) -> Result<Arc<Upstream>, ProxyError> {
-    app.pool
-        .least_loaded(failed)
-        .ok_or(ProxyError::NoHealthyUpstream)
+    let picked = match &ctx.identity {
+        Some(identity) => app.pins.pick(&app.pool, identity.user_id(), failed).await,
+        None => app.pool.least_loaded(failed),
+    };
+    picked.ok_or(ProxyError::NoHealthyUpstream)
 }
 
 fn build(
@@ -117,6 +125,21 @@ fn build(
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
     outgoing
+}
+
+/// Whether hyper blames its caller: the request body we streamed (the
+/// client's) failed, which says nothing about the instance.
+fn caused_by_client(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -156,5 +179,56 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: crate::upstr
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%error, "tunnel closed with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    use super::*;
+    use crate::error::BoxError;
+
+    fn upstream(addr: std::net::SocketAddr) -> Upstream {
+        Upstream::new(format!("http://{addr}").parse().unwrap(), false).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_broken_client_upload_is_not_the_instance_s_fault() {
+        // An instance that reads and never answers, so only the body can end the request.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut socket, &mut sink).await;
+        });
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"first chunk"))),
+            Err("the client went away".into()),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let upstream = upstream(addr);
+        let request = Request::post(upstream.uri_for("/api/files".parse().unwrap()))
+            .body(body)
+            .unwrap();
+        let error = upstream.client.request(request).await.unwrap_err();
+        assert!(caused_by_client(&error), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_the_instance_s_fault() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let upstream = upstream(addr);
+        let request = Request::get(upstream.uri_for("/".parse().unwrap()))
+            .body(body::empty())
+            .unwrap();
+        let error = upstream.client.request(request).await.unwrap_err();
+        assert!(!caused_by_client(&error), "{error:?}");
+        assert!(is_refused(&error));
     }
 }

@@ -1,5 +1,6 @@
 //! A real `redis-server` process for tests, on its own port and temp dir, that can be
-//! stopped and restarted on the same port; plus a tiny blocking RESP client to inspect it.
+//! stopped and restarted on the same port; a real Redis Cluster of such processes; plus a tiny
+//! blocking RESP client to inspect them.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -90,20 +91,8 @@ impl RedisServer {
 
     /// Sends one command and returns the reply; panics if the server cannot be reached.
     pub fn command(&self, args: &[&str]) -> Resp {
-        let mut stream = TcpStream::connect(self.addr())
-            .unwrap_or_else(|e| panic!("connect to redis at {}: {e}", self.addr()));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set_read_timeout");
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg.as_bytes());
-            request.extend_from_slice(b"\r\n");
-        }
-        stream.write_all(&request).expect("write redis command");
-        read_reply(&mut BufReader::new(stream))
-            .unwrap_or_else(|e| panic!("redis reply to {args:?}: {e}"))
+        send_command(self.port, args)
+            .unwrap_or_else(|e| panic!("redis at {} on {args:?}: {e}", self.addr()))
     }
 
     fn launch(&mut self) -> Result<(), LaunchError> {
@@ -174,6 +163,21 @@ fn find_redis_server() -> PathBuf {
         .expect("redis-server not found on PATH nor at /usr/bin/redis-server (apt-get install redis-server)")
 }
 
+/// Sends one command to the server on `port` of 127.0.0.1 and reads its reply.
+fn send_command(port: u16, args: &[&str]) -> std::io::Result<Resp> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&request)?;
+    read_reply(&mut BufReader::new(stream))
+}
+
 fn answers_ping(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -242,4 +246,180 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Resp> {
         },
         _ => return Err(invalid(format!("unknown reply {line:?}"))),
     })
+}
+
+/// A local Redis Cluster: `n` primaries of `redis-server --cluster-enabled yes` on free ports,
+/// slots split evenly, no replicas. It is formed with `CLUSTER ADDSLOTS` and `CLUSTER MEET` —
+/// what `redis-cli --cluster create` sends — because each node's bus port is picked explicitly
+/// (the default, port + 10000, may not exist or be free). The cluster configuration lives in a
+/// temp dir, so `stop` and `restart` bring back the same cluster.
+pub struct RedisCluster {
+    binary: PathBuf,
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    port: u16,
+    bus: u16,
+    process: Option<Child>,
+}
+
+const SLOTS: usize = 16384;
+
+impl RedisCluster {
+    /// Starts `n` nodes, assigns the slots and waits until every node says `cluster_state:ok`.
+    pub fn start(n: usize) -> RedisCluster {
+        let mut cluster = RedisCluster {
+            binary: find_redis_server(),
+            nodes: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        for _ in 0..n {
+            let node = (0..5)
+                .find_map(|_| {
+                    let (port, bus) = (free_port(), free_port());
+                    let process = cluster.spawn(port, bus)?;
+                    Some(ClusterNode {
+                        port,
+                        bus,
+                        process: Some(process),
+                    })
+                })
+                .expect("cluster node did not start");
+            cluster.nodes.push(node);
+        }
+        let (first, first_bus) = (cluster.nodes[0].port, cluster.nodes[0].bus);
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let slots: Vec<String> = (i * SLOTS / n..(i + 1) * SLOTS / n)
+                .map(|slot| slot.to_string())
+                .collect();
+            let mut addslots = vec!["CLUSTER", "ADDSLOTS"];
+            addslots.extend(slots.iter().map(String::as_str));
+            expect_ok(node.port, &addslots);
+            let (first, first_bus) = (first.to_string(), first_bus.to_string());
+            expect_ok(
+                node.port,
+                &["CLUSTER", "MEET", "127.0.0.1", &first, &first_bus],
+            );
+        }
+        cluster.wait_until_formed();
+        cluster
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`, the form `store.redis_url` takes.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Keys held by each node.
+    pub fn key_counts(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|node| match send_command(node.port, &["DBSIZE"]) {
+                Ok(Resp::Integer(n)) => usize::try_from(n).expect("DBSIZE"),
+                other => panic!("DBSIZE on {}: {other:?}", node.port),
+            })
+            .collect()
+    }
+
+    /// Sends a single-key command to the node that owns the key (following `MOVED`).
+    pub fn command(&self, args: &[&str]) -> Resp {
+        let mut last = None;
+        for node in &self.nodes {
+            match send_command(node.port, args) {
+                Ok(Resp::Error(e)) if e.starts_with("MOVED") => last = Some(Resp::Error(e)),
+                Ok(reply) => return reply,
+                Err(e) => panic!("cluster node {} on {args:?}: {e}", node.port),
+            }
+        }
+        panic!("no node owns {args:?}: {last:?}")
+    }
+
+    /// Kills every node (SIGKILL, like a crash).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut process) = node.process.take() {
+                let _ = process.kill();
+                let _ = process.wait();
+            }
+        }
+    }
+
+    /// Starts every node again on its ports and waits until the cluster is whole.
+    pub fn restart(&mut self) {
+        self.stop();
+        for i in 0..self.nodes.len() {
+            let (port, bus) = (self.nodes[i].port, self.nodes[i].bus);
+            let process = self.spawn(port, bus).expect("cluster node did not restart");
+            self.nodes[i].process = Some(process);
+        }
+        self.wait_until_formed();
+    }
+
+    fn wait_until_formed(&self) {
+        let n = self.nodes.len();
+        let known = format!("cluster_known_nodes:{n}");
+        for _ in 0..300 {
+            let formed = self.nodes.iter().all(|node| {
+                let info = send_command(node.port, &["CLUSTER", "INFO"])
+                    .ok()
+                    .and_then(|reply| reply.text())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains(&known)
+            });
+            if formed {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the Redis Cluster did not form within 30 s");
+    }
+
+    /// Spawns one node and waits for PING; `None` if it exits or stays silent.
+    fn spawn(&self, port: u16, bus: u16) -> Option<Child> {
+        let mut process = Command::new(&self.binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &bus.to_string()])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", self.binary.display()));
+        for _ in 0..POLL_TRIES {
+            if !matches!(process.try_wait(), Ok(None)) {
+                return None;
+            }
+            if answers_ping(port) {
+                return Some(process);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        let _ = process.kill();
+        let _ = process.wait();
+        None
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn expect_ok(port: u16, args: &[&str]) {
+    match send_command(port, args) {
+        Ok(Resp::Simple(ok)) if ok == "OK" => {}
+        other => panic!("{} {} on {port}: {other:?}", args[0], args[1]),
+    }
 }
