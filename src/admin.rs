@@ -10,7 +10,7 @@ use crate::body::{self, ProxyBody};
 use crate::upstream::sticky::PinState;
 
 /// Answers the admin routes; `None` for every other request.
-pub fn route(app: &App, method: &Method, path: &str) -> Option<Response<ProxyBody>> {
+pub async fn route(app: &App, method: &Method, path: &str) -> Option<Response<ProxyBody>> {
     if method != Method::GET && method != Method::HEAD {
         return None;
     }
@@ -20,7 +20,7 @@ pub fn route(app: &App, method: &Method, path: &str) -> Option<Response<ProxyBod
             "text/plain",
             Bytes::from_static(b"ok"),
         )),
-        "/readyz" => Some(readyz(app)),
+        "/readyz" => Some(readyz(app).await),
         "/metrics" => Some(text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -30,7 +30,7 @@ pub fn route(app: &App, method: &Method, path: &str) -> Option<Response<ProxyBod
     }
 }
 
-fn readyz(app: &App) -> Response<ProxyBody> {
+async fn readyz(app: &App) -> Response<ProxyBody> {
     let healthy = app.pool.healthy_count();
     let total = app.pool.upstreams.len();
     let mut reasons = Vec::new();
@@ -39,6 +39,14 @@ fn readyz(app: &App) -> Response<ProxyBody> {
     }
     if healthy == 0 {
         reasons.push(format!("upstreams: none of {total} is healthy"));
+    }
+    // SPEC section 4: not ready while a configured Redis does not answer.
+    // Requests still succeed meanwhile (pins fall back to hashing); load
+    // balancers that fail open when every target is unready keep serving.
+    if app.config.store.redis_url.is_some() {
+        if let Err(error) = app.store.ping().await {
+            reasons.push(format!("store: {error}"));
+        }
     }
     let upstreams: Vec<_> = app
         .pool
@@ -57,9 +65,6 @@ fn readyz(app: &App) -> Response<ProxyBody> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    // Informational: a store that does not answer degrades stickiness
-    // (users go by rendezvous hashing), not readiness — failing readiness on
-    // it would take every replica out of the load balancer at once.
     let sticky_pins = match app.pins.state() {
         PinState::Pinning => "pinning",
         PinState::Hashing => "hashing",

@@ -75,7 +75,7 @@ async fn phases(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(app, request.headers())?;
-    if let Some(response) = admin::route(app, request.method(), request.uri().path()) {
+    if let Some(response) = admin::route(app, request.method(), request.uri().path()).await {
         return Ok(response);
     }
     if let Some(route) = routes::own_route(app, request.method(), request.uri().path()) {

@@ -15,6 +15,7 @@
 //!
 //! The store is used as `Arc<dyn Store>`, so methods return boxed futures rather than `async fn`.
 
+pub mod guard;
 mod memory;
 mod redis;
 
@@ -80,6 +81,12 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// `"memory"` or `"redis"` (a Redis Cluster is `"redis"` too), for logs and health output.
     fn kind(&self) -> &'static str;
+
+    /// Whether the store is being skipped because it failed lately
+    /// ([`guard::Guarded`]); `/readyz` reports it.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// Proof of holding a lock taken by [`Store::try_lock`]; hand it back to [`Store::unlock`].
@@ -140,9 +147,10 @@ impl StoreError {
 pub async fn connect(redis_url: Option<&str>) -> Result<Arc<dyn Store>, StoreError> {
     match redis_url.map(str::trim).filter(|url| !url.is_empty()) {
         None => Ok(Arc::new(MemoryStore::new())),
-        Some(url) => Ok(Arc::new(
-            RedisStore::connect(url, DEFAULT_OP_TIMEOUT).await?,
-        )),
+        Some(url) => {
+            let redis = RedisStore::connect(url, DEFAULT_OP_TIMEOUT).await?;
+            Ok(Arc::new(guard::Guarded::new(Arc::new(redis))))
+        }
     }
 }
 

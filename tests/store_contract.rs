@@ -362,16 +362,18 @@ macro_rules! contract {
             )*
         }
 
+        // Through `store::connect`, as chatgate opens it: Redis behind the
+        // fail-fast guard.
         mod redis {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     let server = RedisServer::start();
-                    let store = RedisStore::connect(&server.url(), OP_TIMEOUT)
+                    let store = chatgate::store::connect(Some(&server.url()))
                         .await
                         .expect("connect");
-                    cases::$case(Arc::new(store)).await;
+                    cases::$case(store).await;
                 }
             )*
         }
@@ -669,4 +671,33 @@ mod redis_cluster_outage {
         wait_until_answering(&store).await;
         assert_every_operation_works(&store).await;
     }
+}
+
+/// chatgate's Redis is guarded: once it fails, callers skip it (no one
+/// waits out a timeout per request) until a probe finds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_redis_is_skipped_until_it_answers_again() {
+    let mut server = RedisServer::start();
+    let store = chatgate::store::connect(Some(&server.url())).await.unwrap();
+    store
+        .set("k", Bytes::from_static(b"v"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!store.degraded());
+    server.stop();
+    assert!(store.get("k").await.unwrap_err().is_unavailable());
+    assert!(store.degraded(), "the failure opened the breaker");
+    assert!(store.get("k").await.unwrap_err().is_unavailable());
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .set("k", Bytes::from_static(b"w"), Duration::from_secs(60))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the store never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!store.degraded());
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"w"[..]));
 }

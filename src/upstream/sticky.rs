@@ -16,19 +16,17 @@
 //!    loaded, because it is the same answer the store-less fallback gives: a user keeps one
 //!    instance through a store outage, and through the store coming back empty, and two replicas
 //!    pinning a new user at once write the same pin.
-//! 3. The store does not answer: the same rendezvous choice, without a pin. After one
-//!    unanswered operation the store is skipped for [`BREAKER_COOLDOWN`] and then probed in the
-//!    background, so a dead Redis costs one timeout, not one per request.
+//! 3. The store does not answer: the same rendezvous choice, without a pin. The store itself
+//!    fails fast while it is failing ([`crate::store::guard`]), so a dead Redis costs one
+//!    timeout, not one per request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use super::{Pool, Upstream};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The prefix of every pin's key; the Supabase user id follows.
 pub const KEY_PREFIX: &str = "chatgate:sticky:";
@@ -39,9 +37,6 @@ pub const RENEW_INTERVAL: Duration = Duration::from_secs(60);
 /// Users whose pins this replica renewed within [`RENEW_INTERVAL`], at most; past it, a user
 /// is merely renewed again.
 const RENEWED_CAPACITY: u64 = 100_000;
-
-/// How long the store is skipped after it failed, before a background probe.
-pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
 /// The store key of `user_id`'s pin.
 pub fn key(user_id: &str) -> String {
@@ -60,12 +55,11 @@ pub enum PinState {
     Hashing,
 }
 
-/// The pins of every user, and the breaker that skips a store that does not answer.
+/// The pins of every user.
 #[derive(Debug)]
 pub struct StickyPins {
     store: Arc<dyn Store>,
     ttl: Duration,
-    breaker: Arc<Breaker>,
     /// User ids whose pin was renewed lately.
     renewed: moka::sync::Cache<String, ()>,
 }
@@ -75,7 +69,6 @@ impl StickyPins {
         Self {
             store,
             ttl,
-            breaker: Arc::new(Breaker::new()),
             renewed: moka::sync::Cache::builder()
                 .max_capacity(RENEWED_CAPACITY)
                 .time_to_live(RENEW_INTERVAL)
@@ -84,10 +77,10 @@ impl StickyPins {
     }
 
     pub fn state(&self) -> PinState {
-        if self.breaker.is_closed() {
-            PinState::Pinning
-        } else {
+        if self.store.degraded() {
             PinState::Hashing
+        } else {
+            PinState::Pinning
         }
     }
 
@@ -104,9 +97,6 @@ impl StickyPins {
         if !pool.upstreams.iter().any(usable) {
             return None;
         }
-        if !self.breaker.allows(&self.store) {
-            return pool.choose_new(user_id, failed).cloned();
-        }
         let key = key(user_id);
         match self.store.get(&key).await {
             Ok(Some(pinned)) => {
@@ -120,7 +110,7 @@ impl StickyPins {
             }
             Ok(None) => {}
             Err(error) => {
-                self.breaker.open(&error);
+                tracing::debug!(%error, "pin not read: rendezvous decides");
                 return pool.choose_new(user_id, failed).cloned();
             }
         }
@@ -129,7 +119,7 @@ impl StickyPins {
         if !chosen.draining {
             let value = Bytes::copy_from_slice(chosen.url.as_str().as_bytes());
             if let Err(error) = self.store.set(&key, value, self.ttl).await {
-                self.breaker.open(&error);
+                tracing::debug!(%error, "pin not written");
             }
             tracing::debug!(user_id, upstream = %chosen.url, "pinned");
         }
@@ -140,83 +130,22 @@ impl StickyPins {
     #[cold]
     fn renew(&self, key: String) {
         let store = self.store.clone();
-        let breaker = self.breaker.clone();
         let ttl = self.ttl;
         tokio::spawn(async move {
             if let Err(error) = store.touch(&key, ttl).await {
-                breaker.open(&error);
+                tracing::debug!(%error, "pin not renewed");
             }
         });
     }
 }
 
-/// Skips the store for [`BREAKER_COOLDOWN`] after a failed operation; then one background `PING`
-/// decides whether requests use it again. Requests never wait on the probe. Any error opens it,
-/// not only an unanswered one: a Redis that refuses every command (a wrong password) is as
-/// useless for pins as a dead one, and one warning per outage beats one per request.
-#[derive(Debug)]
-struct Breaker {
-    epoch: Instant,
-    /// Milliseconds after `epoch` until which the store is skipped; 0 when closed.
-    open_until: AtomicU64,
-    probing: AtomicBool,
-}
-
-impl Breaker {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        // +1 keeps 0 free to mean "closed".
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
-    }
-
-    fn is_closed(&self) -> bool {
-        self.open_until.load(Ordering::Acquire) == 0
-    }
-
-    /// Whether this request may use the store. Once the cooldown is over, starts one probe.
-    fn allows(self: &Arc<Self>, store: &Arc<dyn Store>) -> bool {
-        let until = self.open_until.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        if self.now_ms() >= until && !self.probing.swap(true, Ordering::AcqRel) {
-            let (breaker, store) = (self.clone(), store.clone());
-            tokio::spawn(async move {
-                match store.ping().await {
-                    Ok(()) => breaker.close(),
-                    Err(error) => breaker.open(&error),
-                }
-                breaker.probing.store(false, Ordering::Release);
-            });
-        }
-        false
-    }
-
-    /// Skips the store for the next [`BREAKER_COOLDOWN`].
-    fn open(&self, error: &StoreError) {
-        let until = self.now_ms() + BREAKER_COOLDOWN.as_millis() as u64;
-        if self.open_until.swap(until, Ordering::AcqRel) == 0 {
-            tracing::warn!(%error, "store failed: users go by rendezvous hashing until it answers");
-        }
-    }
-
-    fn close(&self) {
-        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!("store answers again: sticky pins resume");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use futures_util::future::BoxFuture;
+
+    use crate::store::StoreError;
 
     use super::*;
     use crate::store::MemoryStore;
@@ -439,7 +368,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unreachable_store_is_skipped_until_a_probe_finds_it_again() {
         let store = Arc::new(Switchable::default());
-        let pins = StickyPins::new(store.clone(), Duration::from_secs(60));
+        let guarded = Arc::new(crate::store::guard::Guarded::new(store.clone()));
+        let pins = StickyPins::new(guarded, Duration::from_secs(60));
         let pool = pool(&[]);
         let by_hash = pool.choose_new("ada", None).unwrap().clone();
         store.down.store(true, Ordering::Relaxed);
@@ -459,13 +389,13 @@ mod tests {
         );
 
         // Still down at the probe: the breaker stays open for another cooldown.
-        tokio::time::advance(BREAKER_COOLDOWN).await;
+        tokio::time::advance(crate::store::guard::BREAKER_COOLDOWN).await;
         pins.pick(&pool, "ada", None).await.unwrap();
         settle().await;
         assert_eq!(pins.state(), PinState::Hashing);
 
         store.down.store(false, Ordering::Relaxed);
-        tokio::time::advance(BREAKER_COOLDOWN).await;
+        tokio::time::advance(crate::store::guard::BREAKER_COOLDOWN).await;
         pins.pick(&pool, "ada", None).await.unwrap();
         settle().await;
         assert_eq!(pins.state(), PinState::Pinning);
