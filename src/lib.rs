@@ -4,22 +4,29 @@
 //! Every request walks one path, called in order by [`proxy::handle`]:
 //!
 //! ```text
-//!  client ──TLS (server, tls)──▶ check_request ──▶ admin::route ──▶ /healthz /readyz /metrics
-//!                                     │ (431)            │ not an admin route
-//!                                     ▼                  ▼
-//!                                 error.rs ◀──── identify (fails closed)
-//!                                     ▲                  ▼
-//!                                     │           rewrite_request
-//!                                     │                  ▼
-//!                                     ├──────── forward: pick upstream ──▶ send ──connect failed──┐
-//!                                     │                  ▲                                         │
-//!                                     │                  └──────── retry once elsewhere ◀──────────┘
-//!                                     │                  ▼
-//!                                     │          rewrite_response ──▶ log ──▶ client (streamed)
+//!  client ──TLS──▶ check_request (431) ──▶ admin::route ──▶ /healthz /readyz /metrics
+//!                                              │ other paths
+//!                                              ▼
+//!                                        routes::answer ──▶ /api/librechat/*, /api/auth/*, /oidc/*
+//!                                              │ other paths
+//!                                              ▼
+//!                  error.rs ◀── fails ── identify ──▶ user_switch
+//!                  (JSON, or a redirect    │
+//!                   to the dashboard)      ▼
+//!                                     rewrite_request
+//!                                          ▼
+//!                       ┌──────▶ forward: pick upstream (sticky pin) ──▶ send
+//!                       │                                               │
+//!                       └──── retry once elsewhere ◀── connect failed ──┤
+//!                                                                       ▼
+//!                                   rewrite_response ──▶ log ──▶ client (streamed)
 //! ```
 //!
-//! Module map: `config` (proxy.toml), `server` (listeners, drain), `tls`,
-//! `proxy` and its phases, `upstream` (pool, health), `admin`, `error`,
+//! Module map: `config` (proxy.toml), `server` (listeners, drain, reload),
+//! `tls`, `proxy` and its phases, `supabase` (cookie, token verification,
+//! refresh, organization), `librechat` (chatgate token, hand-off, OpenID
+//! provider, own routes, user switch), `upstream` (pool, health, sticky pins,
+//! rendezvous), `store` (memory, Redis, fail-fast guard), `admin`, `error`,
 //! `context` (per-request state), `body` (streaming, idle limit).
 
 pub mod admin;
