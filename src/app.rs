@@ -50,6 +50,8 @@ pub struct App {
     pub supabase: Supabase,
     /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
     pub frame_ancestors: String,
+    /// The same as a ready header value (responses without a CSP of their own).
+    pub frame_ancestors_header: http::HeaderValue,
     /// Mints and verifies the chatgate token (`librechat.jwt_secret`).
     pub librechat_tokens: TokenIssuer,
     /// The OpenID provider, in `auth_mode = "oidc"`.
@@ -81,7 +83,10 @@ impl App {
             &config.iframe.allowed_origins,
         );
         let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
+        let frame_ancestors_header = http::HeaderValue::from_str(&frame_ancestors)
+            .map_err(|_| "iframe.allowed_origins: not usable in a header".to_owned())?;
         Ok(Self {
+            frame_ancestors_header,
             config,
             pool: Arc::new(pool),
             store,

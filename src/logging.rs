@@ -9,14 +9,23 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Lines waiting for the writer thread; past this, lines are dropped rather
+/// than making requests wait on stderr.
+const BUFFERED_LINES: usize = 256 * 1024;
+
 /// Installs the global subscriber. `RUST_LOG`, when set, refines the level.
-pub fn init(config: &LogConfig) {
+/// Lines are written by a thread of their own, so no request waits on a
+/// write to stderr; the returned guard flushes them at exit.
+pub fn init(config: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{},hyper=warn,h2=warn,rustls=warn", config.level))
     });
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match config.format {
         LogFormat::Json => builder
             .json()
@@ -25,6 +34,7 @@ pub fn init(config: &LogConfig) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 /// Header names whose values are never printed.

@@ -188,7 +188,7 @@ async fn run_check(config: &Config, path: &std::path::Path) -> ExitCode {
 }
 
 async fn run_proxy(config: Config, path: PathBuf) -> ExitCode {
-    logging::init(&config.log);
+    let _flush_logs_at_exit = logging::init(&config.log);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

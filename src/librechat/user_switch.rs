@@ -118,16 +118,19 @@ fn cookie_pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// An opaque tag of the user: the first 128 bits of a SHA-256.
+/// An opaque tag of the user: the first 128 bits of a SHA-256, in hex.
 fn bind_value(user_id: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        format!("chatgate-bind:{user_id}").as_bytes(),
-    );
-    digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(b"chatgate-bind:");
+    context.update(user_id.as_bytes());
+    let digest = context.finish();
+    let mut hex = String::with_capacity(32);
+    for byte in &digest.as_ref()[..16] {
+        hex.push(HEX[usize::from(byte >> 4)] as char);
+        hex.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    hex
 }
 
 #[cfg(test)]
@@ -150,6 +153,23 @@ mod tests {
         strip_librechat_session(&mut headers);
         assert_eq!(headers[header::COOKIE], "theme=dark");
         assert!(!headers.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn bind_value_is_sha256_hex() {
+        // printf 'chatgate-bind:u' | sha256sum | cut -c1-32
+        assert_eq!(bind_value("u"), expected_bind("u"));
+    }
+
+    fn expected_bind(user: &str) -> String {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("chatgate-bind:{user}").as_bytes(),
+        );
+        digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     #[test]

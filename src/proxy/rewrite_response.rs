@@ -31,7 +31,14 @@ pub fn rewrite(
         headers.insert(header::UPGRADE, protocol);
     }
     headers.remove(&X_FRAME_OPTIONS);
-    merge_frame_ancestors(headers, &app.frame_ancestors);
+    if headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        merge_frame_ancestors(headers, &app.frame_ancestors);
+    } else {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            app.frame_ancestors_header.clone(),
+        );
+    }
     response
 }
 
@@ -89,9 +96,10 @@ pub fn finish_headers(app: &App, ctx: &RequestContext, headers: &mut HeaderMap) 
     // chatgate's own answers (the hand-off redirect, errors) are framed only
     // by the dashboard too; forwarded ones already carry the merged policy.
     if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        if let Ok(value) = HeaderValue::from_str(&app.frame_ancestors) {
-            headers.insert(header::CONTENT_SECURITY_POLICY, value);
-        }
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            app.frame_ancestors_header.clone(),
+        );
     }
     if ctx.conn.tls {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, HSTS_VALUE.clone());
