@@ -1,8 +1,9 @@
 //! What reading the dashboard's session cookie costs chatgate on every
 //! request: find the chunks in the `Cookie` header and decode the session
 //! (percent-decoding, base64url, JSON), for a session in one cookie and one
-//! split over three; and taking the session cookies out of the `Cookie`
-//! header LibreChat receives.
+//! split over three — whole (`decode`, with the `user` object) and tokens
+//! only (`decode_tokens`, what each request runs); and taking the session
+//! cookies out of the `Cookie` header LibreChat receives.
 //!
 //! `cargo bench --bench cookie`.
 //!
@@ -106,6 +107,14 @@ fn cookie(c: &mut Criterion) {
                 find_session_cookie(std::iter::once(header.as_bytes()), NAME)
                     .expect("found")
                     .decode()
+                    .expect("decodes")
+            })
+        });
+        group.bench_function(format!("decode_tokens_{label}"), |b| {
+            b.iter(|| {
+                find_session_cookie(std::iter::once(header.as_bytes()), NAME)
+                    .expect("found")
+                    .decode_tokens()
                     .expect("decodes")
             })
         });
