@@ -293,10 +293,34 @@ declare -A sse_url=(
   [chatgate]="https://127.0.0.1:$gate_a"
 )
 
+# CPU time the proxy spent (all threads, nginx master and workers), in ns:
+# per request, it says how much each costs whatever the neighbours do.
+cpu_ns() { # cpu_ns TARGET
+  local pid task total=0
+  case $1 in
+    nginx) set -- $(nginx_pids) ;;
+    chatgate) set -- "$gate_pid" ;;
+    *) echo 0; return ;;
+  esac
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*/schedstat; do
+      total=$((total + $(cut -d' ' -f1 "$task" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+add_cpu() { # add_cpu KEY TARGET NS_BEFORE REQUESTS
+  [ "$2" = direct ] && return
+  local used=$(($(cpu_ns "$2") - $3))
+  add "$1_cpu_$2" "$(awk -v c="$used" -v n="$4" 'BEGIN { printf "%.1f", (n > 0 ? c / 1000 / n : 0) }')"
+}
+
 run_wrk() { # run_wrk KEY TARGET CONNECTIONS THREADS
-  local out
+  local out cpu
+  cpu=$(cpu_ns "$2")
   out=$(wrk -t"$4" -c"$3" -d"${DURATION}s" --latency -s "$work/report.lua" \
     -H "Cookie: $cookie" "${url[$2]}" | grep WRK_RESULT)
+  add_cpu "$1" "$2" "$cpu" "$(field requests "$out")"
   add "$1_rps_$2" "$(field rps "$out")"
   add "$1_p50_$2" "$(field p50_us "$out")"
   add "$1_p99_$2" "$(field p99_us "$out")"
@@ -307,9 +331,11 @@ run_wrk() { # run_wrk KEY TARGET CONNECTIONS THREADS
 }
 
 run_h2() { # run_h2 TARGET
-  local out rps ok failed
-  out=$(h2load -t2 -c16 -m32 -D "$DURATION" --warm-up-time=1 \
+  local out rps ok failed cpu
+  cpu=$(cpu_ns "$1")
+  out=$(h2load -t2 -c16 -m32 -D "$DURATION" \
     -H "cookie: $cookie" "${url[$1]}" 2>&1)
+  add_cpu h2 "$1" "$cpu" "$(sed -n 's/^requests: \([0-9]*\) total.*/\1/p' <<<"$out")"
   rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
   ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
   failed=$(sed -n 's/^requests: .* \([0-9]*\) failed, \([0-9]*\) errored.*/\1/p' <<<"$out")
@@ -448,8 +474,10 @@ report="bench-results/$stamp.md"
   echo "| HTTP/1.1 TLS, 64 conns: req/s | $h1_d | $h1_n | $h1_c | $r | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
   r=$(ratio "$p99_c" "$p99_n")
   echo "| HTTP/1.1 TLS, 64 conns: p99 ms | $(ms "$p99_d") | $(ms "$p99_n") | $(ms "$p99_c") | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo "| HTTP/1.1: proxy CPU µs per request | | $(median h1_cpu_nginx) | $(median h1_cpu_chatgate) | $(ratio "$(median h1_cpu_chatgate)" "$(median h1_cpu_nginx)") | | |"
   r=$(ratio "$h2_c" "$h2_n")
   echo "| HTTP/2 TLS, 16 conns × 32 streams: req/s | | $h2_n | $h2_c | $r | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
+  echo "| HTTP/2: proxy CPU µs per request | | $(median h2_cpu_nginx) | $(median h2_cpu_chatgate) | $(ratio "$(median h2_cpu_chatgate)" "$(median h2_cpu_nginx)") | | |"
   echo "| 1 conn sequential: median µs | $c1_d | $c1_n | $c1_c | | | |"
   r=$(ratio "$add_c" "$add_n")
   echo "| 1 conn: median added over direct, µs | | $add_n | $add_c | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
