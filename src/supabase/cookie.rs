@@ -19,11 +19,15 @@
 //!   before the Domain was configured.
 //!
 //! Decoding runs on every request, so it borrows the `Cookie` headers, copies
-//! the chunk values once into one buffer and decodes base64 in place.
+//! chunk values only when there are several (or `%` escapes), decodes base64
+//! with a table-driven decoder, and [`SessionCookie::decode_tokens`] skips
+//! the `user` object instead of building it.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use percent_encoding::{percent_decode, percent_decode_str, utf8_percent_encode, AsciiSet};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -46,6 +50,17 @@ const MAX_CHUNK_COOKIES: usize = 64;
 pub const COOKIE_MAX_AGE_SECS: u64 = 400 * 24 * 60 * 60;
 
 const BASE64_PREFIX: &[u8] = b"base64-";
+
+/// Strict base64url (padding optional, leftover bits dropped like
+/// `stringFromBase64URL` does): the table-driven decoder of the `base64`
+/// crate, several times faster than [`base64url_decode_in_place`], which
+/// stays for what it refuses.
+const BASE64URL_FAST: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// What `encodeURIComponent` leaves alone: ASCII letters, digits and
 /// `-_.!~*'()`. Chunk sizes are measured on this encoding, so it must match.
@@ -102,6 +117,38 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
             // Saturating float-to-int cast; NaN cannot come out of JSON.
             .or_else(|| n.as_f64().map(|f| f as i64))
     }))
+}
+
+/// The tokens of a session cookie ([`SessionCookie::decode_tokens`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// Tokens are credentials: keep them out of logs.
+impl fmt::Debug for SessionTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTokens").finish_non_exhaustive()
+    }
+}
+
+/// [`SupabaseSession`] with the same field types, borrowed where it can be,
+/// and `user` skipped: a JSON one accepts, the other accepts.
+#[derive(Deserialize)]
+struct LeanSession<'a> {
+    #[serde(borrow)]
+    access_token: Cow<'a, str>,
+    #[serde(borrow)]
+    refresh_token: Cow<'a, str>,
+    #[serde(default, deserialize_with = "lenient_seconds", rename = "expires_at")]
+    _expires_at: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_seconds", rename = "expires_in")]
+    _expires_in: Option<i64>,
+    #[serde(default, borrow, rename = "token_type")]
+    _token_type: Option<Cow<'a, str>>,
+    #[serde(default, rename = "user")]
+    _user: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a session cookie could not be read. chatgate treats every variant as
@@ -229,6 +276,24 @@ impl SessionCookie<'_> {
     /// Decodes the session the way `@supabase/ssr` reads it, more leniently
     /// about base64 (padding, whitespace and the `+/` alphabet are accepted).
     pub fn decode(&self) -> Result<SupabaseSession, CookieError> {
+        let json = self.session_json()?;
+        Ok(serde_json::from_slice(&json)?)
+    }
+
+    /// The two tokens of the session, for the hot path: the same checks as
+    /// [`SessionCookie::decode`] (a cookie one refuses, the other refuses
+    /// too), but the `user` object is only skipped over, not built.
+    pub fn decode_tokens(&self) -> Result<SessionTokens, CookieError> {
+        let json = self.session_json()?;
+        let lean: LeanSession<'_> = serde_json::from_slice(&json)?;
+        Ok(SessionTokens {
+            access_token: lean.access_token.into_owned(),
+            refresh_token: lean.refresh_token.into_owned(),
+        })
+    }
+
+    /// The session JSON: chunks joined, percent-decoded, base64url-decoded.
+    fn session_json(&self) -> Result<Vec<u8>, CookieError> {
         let non_empty = |index| {
             self.chunks
                 .iter()
@@ -270,22 +335,46 @@ impl SessionCookie<'_> {
         // Browsers send the value as set: percent-encoded by `cookie.serialize`
         // (a no-op for base64url, the JSON itself for legacy raw values). Each
         // chunk decodes on its own because the writer never splits an escape.
-        let mut buf = Vec::with_capacity(raw_len);
-        for part in &parts[..count] {
-            buf.extend(percent_decode(part));
-        }
-
-        let json = if buf.starts_with(BASE64_PREFIX) {
-            let start = BASE64_PREFIX.len();
-            let len = base64url_decode_in_place(&mut buf[start..])?;
-            &buf[start..start + len]
-        } else {
-            match buf.iter().find(|b| !b.is_ascii_whitespace()) {
-                Some(b'{') => &buf[..],
-                _ => return Err(CookieError::UnknownEncoding),
+        // The usual cookie is one chunk of base64url without a `%`: it is
+        // read where it lies, without a copy.
+        let parts = &parts[..count];
+        let joined: Cow<'_, [u8]> = match parts {
+            [only] if !only.contains(&b'%') => Cow::Borrowed(only),
+            _ => {
+                let mut buf = Vec::with_capacity(raw_len);
+                for part in parts {
+                    if part.contains(&b'%') {
+                        buf.extend(percent_decode(part));
+                    } else {
+                        buf.extend_from_slice(part);
+                    }
+                }
+                Cow::Owned(buf)
             }
         };
-        Ok(serde_json::from_slice(json)?)
+
+        match joined.strip_prefix(BASE64_PREFIX) {
+            Some(encoded) => {
+                // Fast path: strict base64url, padding optional. Anything else
+                // (whitespace, `+/`) goes through the lenient decoder.
+                if let Ok(json) = BASE64URL_FAST.decode(encoded) {
+                    return Ok(json);
+                }
+                let mut buf = match joined {
+                    Cow::Owned(buf) => buf,
+                    Cow::Borrowed(bytes) => bytes.to_vec(),
+                };
+                let start = BASE64_PREFIX.len();
+                let len = base64url_decode_in_place(&mut buf[start..])?;
+                buf.copy_within(start..start + len, 0);
+                buf.truncate(len);
+                Ok(buf)
+            }
+            None => match joined.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'{') => Ok(joined.into_owned()),
+                _ => Err(CookieError::UnknownEncoding),
+            },
+        }
     }
 
     /// Names of all session cookies present (`<name>`, `<name>.N`), in the
@@ -553,6 +642,70 @@ mod tests {
 
     fn expected(json: &str) -> SupabaseSession {
         serde_json::from_str(json).expect("test session JSON")
+    }
+
+    /// The hot-path decoder accepts exactly what the full one accepts and
+    /// yields the same tokens, whichever base64 decoder ran.
+    #[test]
+    fn decode_tokens_agrees_with_decode() {
+        let b64 = |json: &str| format!("base64-{}", URL_SAFE_NO_PAD.encode(json));
+        let good = session_json(10);
+        let big = session_json(9000);
+        let std_alphabet = format!(
+            "base64-{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&good)
+        );
+        let spaced = {
+            let encoded = b64(&good);
+            format!("{} {}", &encoded[..40], &encoded[40..])
+        };
+        let values = [
+            b64(&good),
+            format!("{}==", b64(r#"{"access_token":"a","refresh_token":"r"}"#)),
+            std_alphabet,
+            spaced,
+            utf8_percent_encode(&good, URI_COMPONENT).to_string(),
+            b64(r#"{"access_token":"a","refresh_token":"r","expires_at":"soon"}"#),
+            b64(r#"{"access_token":"a","refresh_token":"r","token_type":7}"#),
+            b64(r#"{"access_token":"a","refresh_token":"r","user":[1,{"x":null}]}"#),
+            b64(r#"{"access_token":"a\u0041","refresh_token":"r","expires_in":3600.0}"#),
+            b64(r#"{"access_token":"a"}"#),
+            b64("not json"),
+            "base64-!!!".to_owned(),
+            "base64-QUJDR".to_owned(),
+            "plain".to_owned(),
+        ];
+        let mut headers: Vec<String> = values
+            .iter()
+            .map(|v| {
+                let chunks = create_chunks(NAME, v);
+                chunks
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}={}",
+                            c.name,
+                            utf8_percent_encode(&c.value, URI_COMPONENT)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .collect();
+        headers.push(cookie_header(&encode_set_cookies(NAME, &big, &[], None)));
+        for header in &headers {
+            let found = find_session_cookie(std::iter::once(header.as_bytes()), NAME).unwrap();
+            let full = found.decode().map(|s| (s.access_token, s.refresh_token));
+            let lean = found
+                .decode_tokens()
+                .map(|t| (t.access_token, t.refresh_token));
+            assert_eq!(
+                full.is_ok(),
+                lean.is_ok(),
+                "{header:.80}: {full:?} / {lean:?}"
+            );
+            assert_eq!(full.ok(), lean.ok(), "{header:.80}");
+        }
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl Supabase {
         let Some(found) = find_session_cookie(cookies, &self.cookie_name) else {
             return Ok(SessionCheck::Absent);
         };
-        let Ok(session) = found.decode() else {
+        // Only the tokens: the `user` object is never needed here.
+        let Ok(session) = found.decode_tokens() else {
             return Ok(SessionCheck::Absent);
         };
         match self.verifier.verify(&session.access_token).await {
@@ -60,21 +61,24 @@ impl Supabase {
             }),
             Err(VerifyError::Invalid(_)) => Ok(SessionCheck::Absent),
             Err(VerifyError::KeysUnavailable(reason)) => Err(SessionUnavailable(reason)),
-            Err(VerifyError::Expired) => self.refresh(&session, &found.chunk_names()).await,
+            Err(VerifyError::Expired) => {
+                self.refresh(&session.refresh_token, &found.chunk_names())
+                    .await
+            }
         }
     }
 
     async fn refresh(
         &self,
-        session: &SupabaseSession,
+        refresh_token: &str,
         chunks: &[String],
     ) -> Result<SessionCheck, SessionUnavailable> {
-        if session.refresh_token.is_empty() {
+        if refresh_token.is_empty() {
             return Ok(SessionCheck::Absent);
         }
         let outcome = self
             .refresher
-            .refresh(&session.refresh_token)
+            .refresh(refresh_token)
             .await
             .map_err(|e| SessionUnavailable(e.to_string()))?;
         let domain = self.cookie_domain.as_deref();

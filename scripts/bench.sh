@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# chatgate against nginx, side by side in one run, on loopback (issue 7).
+#
+# Starts: a fast upstream (nginx returning a fixed 1 KiB body, plain HTTP for
+# the proxies and TLS for "direct"), nginx as a TLS reverse proxy in front of
+# it (proxy_pass, keep-alive upstream, http2, no auth), chatgate (release
+# build) in front of it with a valid Supabase session cookie on every request,
+# the stand-in Supabase (examples/bench_supabase.rs), and for SSE and the
+# refresh storm two more chatgate replicas sharing a redis-server in front of
+# an SSE upstream (examples/bench_load.rs). Then runs, alternating, ROUNDS
+# rounds of each measurement and prints a table of medians, also written to
+# bench-results/<timestamp>.md.
+#
+# Machines here are shared and noisy: compare the columns of one run, never
+# figures of different runs.
+#
+# Knobs (environment): BENCH_ROUNDS (3), BENCH_DURATION seconds per load run
+# (8), BENCH_IDLE_CONNS (10000), BENCH_STORM requests (200), BENCH_SSE_EVENTS
+# per stream (200, 10 ms apart). BENCH_HOLD=1 starts everything, prints the
+# addresses and the cookie (for wrk, perf, valgrind by hand) and waits for
+# Ctrl-C instead of measuring.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-8}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+STORM=${BENCH_STORM:-200}
+SSE_EVENTS=${BENCH_SSE_EVENTS:-200}
+
+PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+for tool in nginx wrk h2load redis-server cargo; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench.sh: missing ${missing[*]} (Debian: apt-get install nginx wrk nghttp2-client redis-server)" >&2
+  exit 1
+fi
+
+# Every idle connection is a descriptor in the client and in the proxy.
+want_fds=$((IDLE_CONNS + 2048))
+ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want_fds" ]; then
+  IDLE_CONNS=$(($(ulimit -n) - 2048))
+  echo "bench.sh: descriptor limit $(ulimit -n): idle test uses $IDLE_CONNS connections" >&2
+fi
+
+echo "== building (release): chatgate, examples/bench_supabase, examples/bench_load"
+cargo build --release --quiet --bin chatgate --example bench_supabase --example bench_load
+gate_bin="$root/target/release/chatgate"
+load="$root/target/release/examples/bench_load"
+supabase_bin="$root/target/release/examples/bench_supabase"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/chatgate-bench.XXXXXX")
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # start NAME CMD… : runs in the background, logs to $work/NAME.log
+  local name=$1
+  shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  last_pid=$!
+}
+
+wait_port() { # wait_port PORT NAME
+  local i
+  for i in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "bench.sh: $2 did not open port $1; its log:" >&2
+  tail -20 "$work/$2.log" >&2 || true
+  exit 1
+}
+
+mapfile -t ports < <("$load" ports 9)
+up_port=${ports[0]}    # upstream, plain HTTP (what the proxies use)
+up_tls=${ports[1]}     # upstream, TLS ("direct")
+nginx_port=${ports[2]} # nginx reverse proxy
+gate_port=${ports[3]}  # chatgate
+sse_port=${ports[4]}   # SSE upstream
+gate_a=${ports[5]}     # chatgate replica A (Redis), SSE + storm
+gate_b=${ports[6]}     # chatgate replica B (Redis), storm
+redis_port=${ports[7]}
+
+"$gate_bin" gen-cert --out "$work/certs" --host localhost --host 127.0.0.1 >/dev/null
+cert="$work/certs/cert.pem"
+key="$work/certs/key.pem"
+body=$(printf 'x%.0s' $(seq 1 1024))
+
+# nginx runs its workers as root only when started as root: the work
+# directory is private.
+nginx_user=""
+[ "$(id -u)" = 0 ] && nginx_user="user root;"
+nginx_common() { # nginx_common DIR
+  mkdir -p "$1/tmp"
+  cat <<EOF
+$nginx_user
+pid $1/nginx.pid;
+daemon off;
+worker_rlimit_nofile $want_fds;
+error_log $1/error.log warn;
+EOF
+}
+nginx_temp() {
+  cat <<EOF
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+EOF
+}
+
+mkdir -p "$work/upstream" "$work/nginx"
+{
+  nginx_common "$work/upstream"
+  cat <<EOF
+worker_processes 1;
+events { worker_connections 8192; }
+http {
+$(nginx_temp "$work/upstream")
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$up_port;
+        listen 127.0.0.1:$up_tls ssl http2;
+        ssl_certificate $cert;
+        ssl_certificate_key $key;
+        location / {
+            default_type text/plain;
+            return 200 "$body";
+        }
+    }
+}
+EOF
+} >"$work/upstream/nginx.conf"
+
+# A usual nginx reverse proxy: the forwarding headers chatgate sets, HSTS,
+# an access log line per request (chatgate writes one too).
+{
+  nginx_common "$work/nginx"
+  cat <<EOF
+worker_processes auto;
+events { worker_connections $want_fds; }
+http {
+$(nginx_temp "$work/nginx")
+    access_log $work/nginx/access.log;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream fast { server 127.0.0.1:$up_port; keepalive 64; }
+    upstream sse { server 127.0.0.1:$sse_port; keepalive 16; }
+    server {
+        listen 127.0.0.1:$nginx_port ssl http2 backlog=4096;
+        ssl_certificate $cert;
+        ssl_certificate_key $key;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host \$host;
+        proxy_set_header X-Forwarded-For \$remote_addr;
+        proxy_set_header X-Forwarded-Proto \$scheme;
+        proxy_set_header X-Forwarded-Host \$host;
+        proxy_set_header X-Request-Id \$request_id;
+        add_header Strict-Transport-Security "max-age=31536000" always;
+        location / { proxy_pass http://fast; }
+        location /sse { proxy_pass http://sse; proxy_buffering off; }
+    }
+}
+EOF
+} >"$work/nginx/nginx.conf"
+
+echo "== starting upstream, nginx, stand-in Supabase, redis, chatgate ×3"
+start upstream nginx -p "$work/upstream" -c "$work/upstream/nginx.conf" -e stderr
+wait_port "$up_port" upstream
+start nginx nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e stderr
+nginx_pid=$last_pid
+wait_port "$nginx_port" nginx
+start sse "$load" sse-upstream --port "$sse_port"
+wait_port "$sse_port" sse
+start redis redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no
+wait_port "$redis_port" redis
+
+start supabase "$supabase_bin"
+for _ in $(seq 1 200); do
+  grep -q '"control"' "$work/supabase.log" 2>/dev/null && break
+  sleep 0.05
+done
+json_field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" "$2" | head -1; }
+supabase_url=$(json_field url "$work/supabase.log")
+anon_key=$(json_field anon_key "$work/supabase.log")
+jwt_secret=$(json_field jwt_secret "$work/supabase.log")
+cookie=$(json_field cookie "$work/supabase.log")
+control=$(json_field control "$work/supabase.log")
+[ -n "$cookie" ] || { echo "bench.sh: the stand-in Supabase did not start" >&2; cat "$work/supabase.log" >&2; exit 1; }
+
+gate_config() { # gate_config NAME PORT UPSTREAM REDIS_URL
+  cat >"$work/$1.toml" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+public_url = "https://localhost:$2"
+[tls]
+cert = "$cert"
+key = "$key"
+dev_self_signed = true
+[supabase]
+url = "$supabase_url"
+anon_key = "$anon_key"
+jwt_secret = "$jwt_secret"
+[librechat]
+upstreams = ["$3"]
+[store]
+redis_url = "$4"
+[log]
+format = "json"
+level = "info"
+EOF
+}
+gate_config gate "$gate_port" "http://127.0.0.1:$up_port" ""
+gate_config gate_a "$gate_a" "http://127.0.0.1:$sse_port" "redis://127.0.0.1:$redis_port"
+gate_config gate_b "$gate_b" "http://127.0.0.1:$sse_port" "redis://127.0.0.1:$redis_port"
+start gate "$gate_bin" --config "$work/gate.toml"
+gate_pid=$last_pid
+start gate_a "$gate_bin" --config "$work/gate_a.toml"
+start gate_b "$gate_bin" --config "$work/gate_b.toml"
+wait_port "$gate_port" gate
+wait_port "$gate_a" gate_a
+wait_port "$gate_b" gate_b
+
+# The real authentication path must run: 200 with the cookie, 401 without.
+with=$("$load" get --url "https://127.0.0.1:$gate_port/" --cookie "$cookie")
+without=$("$load" get --url "https://127.0.0.1:$gate_port/")
+if [ "$with" != 200 ] || [ "$without" != 401 ]; then
+  echo "bench.sh: chatgate answered $with with the session cookie and $without without (want 200, 401)" >&2
+  tail -5 "$work/gate.log" >&2
+  exit 1
+fi
+echo "   chatgate: 200 with the session cookie, 401 without (cookie ${#cookie} bytes)"
+
+if [ "${BENCH_HOLD:-}" = 1 ]; then
+  {
+    echo "direct=https://127.0.0.1:$up_tls/"
+    echo "nginx=https://127.0.0.1:$nginx_port/"
+    echo "chatgate=https://127.0.0.1:$gate_port/"
+    echo "chatgate_pid=$gate_pid"
+    echo "nginx_pid=$nginx_pid"
+    echo "replicas=127.0.0.1:$gate_a,127.0.0.1:$gate_b"
+    echo "sse_upstream=http://127.0.0.1:$sse_port/sse"
+    echo "supabase_control=$control"
+    echo "cookie='$cookie'"
+  } >"$work/env"
+  cat "$work/env"
+  echo "holding (environment in $work/env); Ctrl-C stops everything"
+  while :; do sleep 3600; done
+fi
+
+# ---------------------------------------------------------------------------
+# Measurements. Each appends one value per round to results[key].
+declare -A results
+add() { results[$1]="${results[$1]:-} $2"; }
+median() { tr ' ' '\n' <<<"${results[$1]:-}" | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+field() { sed -n "s/.*[ ^]$1=\\([^ ]*\\).*/\\1/p" <<<" $2" | head -1; }
+
+cat >"$work/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d errors=%d non2xx=%d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), summary.requests,
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+EOF
+
+declare -A url=(
+  [direct]="https://127.0.0.1:$up_tls/"
+  [nginx]="https://127.0.0.1:$nginx_port/"
+  [chatgate]="https://127.0.0.1:$gate_port/"
+)
+declare -A sse_url=(
+  [direct]="http://127.0.0.1:$sse_port"
+  [nginx]="https://127.0.0.1:$nginx_port"
+  [chatgate]="https://127.0.0.1:$gate_a"
+)
+
+# CPU time the proxy spent (all threads, nginx master and workers), in ns:
+# per request, it says how much each costs whatever the neighbours do.
+cpu_ns() { # cpu_ns TARGET
+  local pid task total=0
+  case $1 in
+    nginx) set -- $(nginx_pids) ;;
+    chatgate) set -- "$gate_pid" ;;
+    *) echo 0; return ;;
+  esac
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*/schedstat; do
+      total=$((total + $(cut -d' ' -f1 "$task" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+add_cpu() { # add_cpu KEY TARGET NS_BEFORE REQUESTS
+  [ "$2" = direct ] && return
+  local used=$(($(cpu_ns "$2") - $3))
+  add "$1_cpu_$2" "$(awk -v c="$used" -v n="$4" 'BEGIN { printf "%.1f", (n > 0 ? c / 1000 / n : 0) }')"
+}
+
+run_wrk() { # run_wrk KEY TARGET CONNECTIONS THREADS
+  local out cpu
+  cpu=$(cpu_ns "$2")
+  out=$(wrk -t"$4" -c"$3" -d"${DURATION}s" --latency -s "$work/report.lua" \
+    -H "Cookie: $cookie" "${url[$2]}" | grep WRK_RESULT)
+  add_cpu "$1" "$2" "$cpu" "$(field requests "$out")"
+  add "$1_rps_$2" "$(field rps "$out")"
+  add "$1_p50_$2" "$(field p50_us "$out")"
+  add "$1_p99_$2" "$(field p99_us "$out")"
+  add "$1_bad_$2" "$(($(field errors "$out") + $(field non2xx "$out")))"
+  printf '   %-9s %-8s %10s req/s  p50 %6s us  p99 %6s us  errors+non-2xx %s\n' \
+    "$1" "$2" "$(field rps "$out")" "$(field p50_us "$out")" "$(field p99_us "$out")" \
+    "$(($(field errors "$out") + $(field non2xx "$out")))"
+}
+
+run_h2() { # run_h2 TARGET
+  local out rps ok failed cpu
+  cpu=$(cpu_ns "$1")
+  out=$(h2load -t2 -c16 -m32 -D "$DURATION" \
+    -H "cookie: $cookie" "${url[$1]}" 2>&1)
+  add_cpu h2 "$1" "$cpu" "$(sed -n 's/^requests: \([0-9]*\) total.*/\1/p' <<<"$out")"
+  rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
+  failed=$(sed -n 's/^requests: .* \([0-9]*\) failed, \([0-9]*\) errored.*/\1/p' <<<"$out")
+  add "h2_rps_$1" "${rps:-0}"
+  add "h2_bad_$1" "${failed:-0}"
+  printf '   %-9s %-8s %10s req/s  2xx %s  failed %s\n' h2 "$1" "${rps:-?}" "${ok:-?}" "${failed:-?}"
+}
+
+run_sse() { # run_sse TARGET
+  local out
+  if [ "$1" = chatgate ]; then
+    out=$("$load" sse --url "${sse_url[$1]}" --cookie "$cookie" --events "$SSE_EVENTS" --interval-ms 10)
+  else
+    out=$("$load" sse --url "${sse_url[$1]}" --events "$SSE_EVENTS" --interval-ms 10)
+  fi
+  add "sse_p50_$1" "$(field p50_us "$out")"
+  add "sse_p99_$1" "$(field p99_us "$out")"
+  printf '   %-9s %-8s p50 %8s us  p99 %8s us  (%s events)\n' sse "$1" \
+    "$(field p50_us "$out")" "$(field p99_us "$out")" "$(field events "$out")"
+}
+
+run_storm() {
+  local expired before after out
+  expired=$("$load" get --url "$control/expired-cookie" --print-body 1 | sed -n 's/.*"cookie":"\([^"]*\)".*/\1/p')
+  before=$("$load" get --url "$control/stats" --print-body 1 | sed -n 's/.*"refresh_calls":\([0-9]*\).*/\1/p')
+  out=$("$load" storm --target "127.0.0.1:$gate_a" --target "127.0.0.1:$gate_b" --cookie "$expired" --n "$STORM")
+  after=$("$load" get --url "$control/stats" --print-body 1 | sed -n 's/.*"refresh_calls":\([0-9]*\).*/\1/p')
+  add storm_calls "$((after - before))"
+  add storm_failed "$(field failed "$out")"
+  printf '   %-9s %s requests over 2 replicas: %s refresh call(s) at Supabase, %s failed (%s)\n' \
+    storm "$STORM" "$((after - before))" "$(field failed "$out")" "$(field statuses "$out")"
+}
+
+rss_kib() { # rss_kib PID… : summed VmRSS
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+nginx_pids() { echo "$nginx_pid" $(cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null); }
+
+run_idle() { # run_idle TARGET PORT
+  local pids_of base held out alive opened
+  if [ "$1" = nginx ]; then pids_of=$(nginx_pids); else pids_of=$gate_pid; fi
+  base=$(rss_kib $pids_of)
+  "$load" idle --target "127.0.0.1:$2" --cookie "$cookie" --n "$IDLE_CONNS" --hold-secs 4 \
+    >"$work/idle.out" 2>"$work/idle.err" &
+  local client=$!
+  while ! grep -q IDLE_READY "$work/idle.out" 2>/dev/null; do
+    kill -0 "$client" 2>/dev/null || break
+    sleep 0.2
+  done
+  sleep 1
+  held=$(rss_kib $pids_of)
+  wait "$client" || true
+  out=$(cat "$work/idle.out")
+  opened=$(field opened "$out")
+  alive=$(field alive "$out")
+  add "idle_rss_$1" "$(awk -v k="$held" 'BEGIN {printf "%.1f", k/1024}')"
+  add "idle_base_$1" "$(awk -v k="$base" 'BEGIN {printf "%.1f", k/1024}')"
+  add "idle_alive_$1" "${alive:-0}"
+  printf '   %-9s %-8s RSS %s MiB before, %s MiB holding %s connections (%s opened, %s failed)\n' \
+    idle "$1" "$(awk -v k="$base" 'BEGIN {printf "%.1f", k/1024}')" \
+    "$(awk -v k="$held" 'BEGIN {printf "%.1f", k/1024}')" "${alive:-?}" "${opened:-?}" \
+    "$(field failed "$out")"
+  # Let both sides close before the next measurement.
+  sleep 2
+}
+
+rotate() { # rotate N ITEMS… : the items rotated left by N
+  local n=$1
+  shift
+  local items=("$@") i
+  for i in "${!items[@]}"; do echo -n "${items[$(((i + n) % ${#items[@]}))]} "; done
+}
+
+echo "== warm-up"
+for target in direct nginx chatgate; do
+  wrk -t2 -c64 -d2s -H "Cookie: $cookie" "${url[$target]}" >/dev/null
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round of $ROUNDS"
+  for target in $(rotate "$round" direct nginx chatgate); do run_wrk h1 "$target" 64 2; done
+  for target in $(rotate "$round" nginx chatgate); do run_h2 "$target"; done
+  for target in $(rotate "$round" direct nginx chatgate); do run_wrk c1 "$target" 1 1; done
+  for target in $(rotate "$round" direct nginx chatgate); do run_sse "$target"; done
+  run_storm
+done
+echo "== idle connections"
+run_idle nginx "$nginx_port"
+run_idle chatgate "$gate_port"
+
+# ---------------------------------------------------------------------------
+# The table.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b+0 <= 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.2f", a/b }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a-b }'; }
+ms() { awk -v a="$1" 'BEGIN { printf "%.3f", a/1000 }'; }
+verdict() { # verdict VALUE OP LIMIT
+  awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+    if (v == "n/a" || v == "nan" || v == "") { print "?"; exit }
+    ok = (op == ">=") ? (v+0 >= l+0) : (op == "<=") ? (v+0 <= l+0) : (v+0 == l+0)
+    print (ok ? "met" : "**missed**") }'
+}
+
+h1_n=$(median h1_rps_nginx) h1_c=$(median h1_rps_chatgate) h1_d=$(median h1_rps_direct)
+p99_n=$(median h1_p99_nginx) p99_c=$(median h1_p99_chatgate) p99_d=$(median h1_p99_direct)
+h2_n=$(median h2_rps_nginx) h2_c=$(median h2_rps_chatgate)
+c1_d=$(median c1_p50_direct) c1_n=$(median c1_p50_nginx) c1_c=$(median c1_p50_chatgate)
+c1p_d=$(median c1_p99_direct) c1p_n=$(median c1_p99_nginx) c1p_c=$(median c1_p99_chatgate)
+add_n=$(minus "$c1_n" "$c1_d") add_c=$(minus "$c1_c" "$c1_d")
+addp_n=$(minus "$c1p_n" "$c1p_d") addp_c=$(minus "$c1p_c" "$c1p_d")
+sse_d=$(median sse_p50_direct) sse_n=$(median sse_p50_nginx) sse_c=$(median sse_p50_chatgate)
+sse_add_n=$(minus "$sse_n" "$sse_d") sse_add_c=$(minus "$sse_c" "$sse_d")
+rss_n=$(median idle_rss_nginx) rss_c=$(median idle_rss_chatgate)
+storm_calls=$(echo ${results[storm_calls]})
+storm_failed=$(echo ${results[storm_failed]})
+storm_max_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | tail -1)
+storm_min_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | head -1)
+storm_max_failed=$(tr ' ' '\n' <<<"$storm_failed" | sort -n | tail -1)
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p bench-results
+report="bench-results/$stamp.md"
+{
+  echo "# chatgate vs nginx — $stamp"
+  echo
+  echo "\`scripts/bench.sh\` at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty');" \
+    "$(nproc) CPUs ($(uname -r)), $ROUNDS rounds of ${DURATION}s, medians of rounds;" \
+    "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), 1 KiB upstream body, cookie ${#cookie} bytes on every request."
+  echo
+  echo "| measure | direct | nginx | chatgate | chatgate/nginx | target | |"
+  echo "| --- | ---: | ---: | ---: | ---: | --- | --- |"
+  r=$(ratio "$h1_c" "$h1_n")
+  echo "| HTTP/1.1 TLS, 64 conns: req/s | $h1_d | $h1_n | $h1_c | $r | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
+  r=$(ratio "$p99_c" "$p99_n")
+  echo "| HTTP/1.1 TLS, 64 conns: p99 ms | $(ms "$p99_d") | $(ms "$p99_n") | $(ms "$p99_c") | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo "| HTTP/1.1: proxy CPU µs per request | | $(median h1_cpu_nginx) | $(median h1_cpu_chatgate) | $(ratio "$(median h1_cpu_chatgate)" "$(median h1_cpu_nginx)") | | |"
+  r=$(ratio "$h2_c" "$h2_n")
+  echo "| HTTP/2 TLS, 16 conns × 32 streams: req/s | | $h2_n | $h2_c | $r | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
+  echo "| HTTP/2: proxy CPU µs per request | | $(median h2_cpu_nginx) | $(median h2_cpu_chatgate) | $(ratio "$(median h2_cpu_chatgate)" "$(median h2_cpu_nginx)") | | |"
+  echo "| 1 conn sequential: median µs | $c1_d | $c1_n | $c1_c | | | |"
+  r=$(ratio "$add_c" "$add_n")
+  echo "| 1 conn: median added over direct, µs | | $add_n | $add_c | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo "| 1 conn: p99 added over direct, µs | | $addp_n | $addp_c | $(ratio "$addp_c" "$addp_n") | | |"
+  echo "| SSE upstream write → client read, median µs | $sse_d | $sse_n | $sse_c | | | |"
+  echo "| SSE added over direct, median µs | | $sse_add_n | $sse_add_c | | ≤ 1000 µs | $(verdict "$sse_add_c" '<=' 1000) |"
+  echo "| Refresh storm, $STORM reqs over 2 replicas: Supabase refresh calls per storm | | | $storm_calls | | = 1 | $( [ "$storm_min_calls" = 1 ] && [ "$storm_max_calls" = 1 ] && echo met || echo '**missed**') |"
+  echo "| Refresh storm: failed requests per storm | | | $storm_failed | | = 0 | $(verdict "$storm_max_failed" '<=' 0) |"
+  r=$(ratio "$rss_c" "$rss_n")
+  echo "| $IDLE_CONNS idle TLS keep-alive conns: RSS MiB (idle before: nginx $(median idle_base_nginx), chatgate $(median idle_base_chatgate)) | | $rss_n | $rss_c | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo
+  echo "Connections still open at the end of the idle hold: nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate)."
+  echo "Errors and non-2xx answers, all rounds (must be 0):" \
+    "h1 direct/nginx/chatgate$(echo ${results[h1_bad_direct]}) /$(echo ${results[h1_bad_nginx]}) /$(echo ${results[h1_bad_chatgate]});" \
+    "1-conn$(echo ${results[c1_bad_direct]}) /$(echo ${results[c1_bad_nginx]}) /$(echo ${results[c1_bad_chatgate]});" \
+    "h2 nginx/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_chatgate]})."
+  echo
+  echo "Per round (in run order):"
+  echo
+  echo '```'
+  for k in $(printf '%s\n' "${!results[@]}" | sort); do
+    printf '%-22s %s\n' "$k" "${results[$k]}"
+  done
+  echo '```'
+} >"$report"
+
+echo
+cat "$report"
+echo
+echo "written to $report"
