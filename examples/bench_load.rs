@@ -13,9 +13,9 @@
 //!                                            one request each, all at once
 //! bench_load get --url URL [--cookie C] [--print-body 1]
 //!                                            one GET: prints the status (and the body)
-//! bench_load idle --target HOST:PORT [--cookie C] [--n 10000] [--hold-secs S]
-//!                                            opens N TLS keep-alive connections, one request
-//!                                            each, and holds them for S seconds
+//! bench_load idle --target HOST:PORT [--cookie C] [--n 10000] [--hold-secs S] [--requests R]
+//!                                            opens N TLS keep-alive connections, R requests
+//!                                            (1) on each, and holds them for S seconds
 //! ```
 //!
 //! Results are single lines (`SSE_RESULT k=v …`) that the script parses. The
@@ -357,6 +357,7 @@ async fn idle(opts: &Opts) -> Result<(), Error> {
     let hold = Duration::from_secs(opts.number("hold-secs", 10));
     let target = *opts.targets.first().unwrap_or_else(|| usage());
     let cookie = opts.get("cookie").map(str::to_owned);
+    let requests = opts.number("requests", 1);
     // Bounded so handshakes do not time out under their own crowd.
     let opening = Arc::new(Semaphore::new(128));
     let mut tasks = Vec::with_capacity(n);
@@ -368,14 +369,16 @@ async fn idle(opts: &Opts) -> Result<(), Error> {
             let tls = tls_connect(target).await?;
             let (mut sender, conn) = client_http1::handshake(TokioIo::new(tls)).await?;
             let driver = tokio::spawn(conn);
-            let request = get("/", &target.to_string(), cookie.as_deref(), false)?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            response.into_body().collect().await?;
-            drop(permit);
-            if !status.is_success() {
-                return Err(format!("status {status}").into());
+            for _ in 0..requests {
+                let request = get("/", &target.to_string(), cookie.as_deref(), false)?;
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                if !status.is_success() {
+                    return Err(format!("status {status}").into());
+                }
             }
+            drop(permit);
             Ok::<_, Error>((sender, driver))
         }));
     }

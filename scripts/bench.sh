@@ -209,6 +209,7 @@ gate_config() { # gate_config NAME PORT UPSTREAM REDIS_URL
 [server]
 listen = "127.0.0.1:$2"
 public_url = "https://localhost:$2"
+shutdown_grace = "1s"
 [tls]
 cert = "$cert"
 key = "$key"
@@ -261,7 +262,11 @@ if [ "${BENCH_HOLD:-}" = 1 ]; then
   } >"$work/env"
   cat "$work/env"
   echo "holding (environment in $work/env); Ctrl-C stops everything"
-  while :; do sleep 3600; done
+  # In the background and waited for, so that Ctrl-C runs the cleanup at once.
+  sleep infinity &
+  pids+=($!)
+  wait $! || true
+  exit 0
 fi
 
 # ---------------------------------------------------------------------------

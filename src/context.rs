@@ -101,14 +101,20 @@ fn is_valid_request_id(value: &HeaderValue) -> bool {
 }
 
 /// A process-unique id without a syscall: a random prefix drawn once, then a
-/// counter.
+/// counter; 20 hex digits written in place (no `format!` per request).
 fn new_request_id() -> HeaderValue {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:08x}{n:012x}");
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    // `{prefix:08x}{n:012x}`: the prefix's 32 bits, then the counter's low 48.
+    let digits = (u128::from(prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
+    let mut id = [0u8; 20];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = HEX[((digits >> (4 * (19 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -130,5 +136,21 @@ mod tests {
     #[test]
     fn generated_ids_differ() {
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn generated_ids_are_twenty_hex_digits_counting_up() {
+        let a = new_request_id();
+        let b = new_request_id();
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 20);
+            assert!(is_valid_request_id(id));
+            assert!(id.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
+        }
+        assert_eq!(a.as_bytes()[..8], b.as_bytes()[..8], "same process prefix");
+        let counter = |v: &HeaderValue| {
+            u64::from_str_radix(std::str::from_utf8(&v.as_bytes()[8..]).unwrap(), 16).unwrap()
+        };
+        assert!(counter(&b) > counter(&a));
     }
 }

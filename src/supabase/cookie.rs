@@ -248,28 +248,44 @@ pub fn find_session_cookie<'a>(
 ) -> Option<SessionCookie<'a>> {
     let mut chunks: Vec<Chunk<'a>> = Vec::new();
     for header in cookie_headers {
-        for pair in header.split(|&b| b == b';') {
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            let pair_name = trim_cookie_ws(&pair[..eq]);
-            let Some(index) = chunk_index(pair_name, name.as_bytes()) else {
-                continue;
-            };
-            if chunks.iter().any(|c| c.index == index) {
-                continue;
-            }
-            if chunks.len() == MAX_CHUNK_COOKIES {
-                break;
-            }
-            chunks.push(Chunk {
-                name: pair_name,
-                index,
-                value: trim_cookie_ws(&pair[eq + 1..]),
-            });
+        // The header is mostly one long base64 value: `str`'s search finds
+        // the `;` a word at a time; a (rare) non-UTF-8 header is cut byte by
+        // byte. Same pieces either way.
+        match std::str::from_utf8(header) {
+            Ok(text) => collect_chunks(text.split(';').map(str::as_bytes), name, &mut chunks),
+            Err(_) => collect_chunks(header.split(|&b| b == b';'), name, &mut chunks),
         }
     }
     (!chunks.is_empty()).then_some(SessionCookie { chunks })
+}
+
+/// Adds the `name`/`name.N` pairs among `pairs` to `chunks` (first of each
+/// index wins, at most [`MAX_CHUNK_COOKIES`]).
+fn collect_chunks<'a>(
+    pairs: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+    chunks: &mut Vec<Chunk<'a>>,
+) {
+    for pair in pairs {
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let pair_name = trim_cookie_ws(&pair[..eq]);
+        let Some(index) = chunk_index(pair_name, name.as_bytes()) else {
+            continue;
+        };
+        if chunks.iter().any(|c| c.index == index) {
+            continue;
+        }
+        if chunks.len() == MAX_CHUNK_COOKIES {
+            break;
+        }
+        chunks.push(Chunk {
+            name: pair_name,
+            index,
+            value: trim_cookie_ws(&pair[eq + 1..]),
+        });
+    }
 }
 
 impl SessionCookie<'_> {
@@ -642,6 +658,21 @@ mod tests {
 
     fn expected(json: &str) -> SupabaseSession {
         serde_json::from_str(json).expect("test session JSON")
+    }
+
+    /// A header with a non-UTF-8 byte elsewhere is cut into the same pairs.
+    #[test]
+    fn non_utf8_headers_are_read_like_utf8_ones() {
+        let json = session_json(10);
+        let session = cookie_header(&encode_set_cookies(NAME, &json, &[], None));
+        let plain = format!("a=x; {session}; {NAME}.7=late");
+        let mut odd = format!("a=x; {session}; {NAME}.7=late").into_bytes();
+        odd[2] = 0xff;
+        let names = |header: &[u8]| {
+            let found = find_session_cookie(std::iter::once(header), NAME).unwrap();
+            (found.chunk_names(), found.decode().unwrap())
+        };
+        assert_eq!(names(plain.as_bytes()), names(&odd));
     }
 
     /// The hot-path decoder accepts exactly what the full one accepts and

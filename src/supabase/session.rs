@@ -61,9 +61,10 @@ impl Supabase {
             }),
             Err(VerifyError::Invalid(_)) => Ok(SessionCheck::Absent),
             Err(VerifyError::KeysUnavailable(reason)) => Err(SessionUnavailable(reason)),
+            // Boxed: rare, and its future is 4 KiB that every request's
+            // future would otherwise carry (and each connection keep).
             Err(VerifyError::Expired) => {
-                self.refresh(&session.refresh_token, &found.chunk_names())
-                    .await
+                Box::pin(self.refresh(&session.refresh_token, &found.chunk_names())).await
             }
         }
     }

@@ -385,7 +385,9 @@ impl Verifier {
             self.cache.invalidate(&TokenRef(token));
             return Err(VerifyError::Expired);
         }
-        let claims = Arc::new(self.verify_uncached(token, now).await?);
+        // Boxed: once per token, and the JWKS fetch inside makes the future
+        // large for every caller of `verify` otherwise.
+        let claims = Arc::new(Box::pin(self.verify_uncached(token, now)).await?);
         self.cache
             .insert(TokenKey(Arc::from(token)), Arc::clone(&claims));
         Ok(claims)
