@@ -40,7 +40,8 @@ where
     IdleTimeout {
         inner,
         idle,
-        deadline: Box::pin(tokio::time::sleep(idle)),
+        deadline: None,
+        stale: false,
         _guard: guard,
     }
     .boxed_unsync()
@@ -51,11 +52,17 @@ where
 pub struct IdleTimedOut(Duration);
 
 pin_project_lite::pin_project! {
+    /// The timer is made the first time the body has to wait, and re-armed
+    /// only when it waits again after a frame: a body that is ready whenever
+    /// it is polled (most responses: the upstream's answer is already read)
+    /// never allocates a timer nor registers one with the runtime.
     struct IdleTimeout<B, G> {
         #[pin]
         inner: B,
         idle: Duration,
-        deadline: Pin<Box<Sleep>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+        // A frame came since the timer was armed: re-arm before waiting.
+        stale: bool,
         _guard: G,
     }
 }
@@ -75,13 +82,27 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.deadline.as_mut().reset(Instant::now() + *this.idle);
+                *this.stale = true;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimedOut(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                // The silence starts now: the frame before was just taken.
+                let idle = *this.idle;
+                let deadline = match this.deadline {
+                    Some(deadline) => {
+                        if *this.stale {
+                            deadline.as_mut().reset(Instant::now() + idle);
+                        }
+                        deadline
+                    }
+                    None => this.deadline.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                *this.stale = false;
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimedOut(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -113,6 +134,31 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("idle"), "{err}");
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_closer_than_the_limit_keep_the_stream_alive() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let mut body = with_idle_timeout(
+            StreamBody::new(tokio_stream_from(rx)),
+            Duration::from_secs(300),
+            (),
+        );
+        let writer = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(200)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"e"))))
+                    .await
+                    .unwrap();
+            }
+        });
+        // 1000 s in all, never 300 s without a frame.
+        for _ in 0..5 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "e");
+        }
+        writer.await.unwrap();
+        assert!(body.frame().await.is_none(), "ends when the sender is gone");
     }
 
     fn tokio_stream_from(
