@@ -75,13 +75,28 @@ async fn sigterm_drains_an_open_sse_stream() {
         .unwrap();
     assert!(status.success());
 
-    // During the drain: not ready, but still answering.
-    let mut probe = TestClient::connect(addr, Alpn::H1)
-        .await
-        .expect("still accepting");
-    let (status, _, text) = probe.get("/readyz", &[]).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(String::from_utf8_lossy(&text).contains("draining"));
+    // During the drain: not ready, but still answering. `kill` returns
+    // before the signal is handled, so poll until the drain has begun.
+    let drained = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    eventually(
+        "/readyz turns 503 while connections are still accepted",
+        || {
+            let drained = drained.clone();
+            async move {
+                let mut probe = TestClient::connect(addr, Alpn::H1)
+                    .await
+                    .expect("still accepting during the first third of the grace");
+                let (status, _, text) = probe.get("/readyz", &[]).await;
+                if status != StatusCode::SERVICE_UNAVAILABLE {
+                    return false;
+                }
+                *drained.lock().unwrap() = String::from_utf8_lossy(&text).into_owned();
+                true
+            }
+        },
+    )
+    .await;
+    assert!(drained.lock().unwrap().contains("draining"));
 
     // Then the listener closes: new connections are refused.
     eventually("new connections refused", || async {
