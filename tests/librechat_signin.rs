@@ -244,7 +244,7 @@ async fn bad_handoffs_fail_as_the_spec_says() {
             Some("another-secret-that-is-32-bytes-long!"),
             Duration::from_secs(60),
         );
-        let mut claims = chatgate_claims(&w, &token);
+        let mut claims = chatgate_claims(&token);
         claims.sub = "someone-else".to_owned();
         other.sign(&claims).unwrap()
     };
@@ -253,7 +253,7 @@ async fn bad_handoffs_fail_as_the_spec_says() {
             Some(LIBRECHAT_SECRET),
             Duration::from_secs(60),
         );
-        let mut claims = chatgate_claims(&w, &token);
+        let mut claims = chatgate_claims(&token);
         claims.exp = claims.iat - 10;
         issuer.sign(&claims).unwrap()
     };
@@ -273,8 +273,37 @@ async fn bad_handoffs_fail_as_the_spec_says() {
         .all(|r| r.path_and_query == "/health"));
 }
 
-fn chatgate_claims(w: &World, token: &str) -> chatgate::librechat::token::TokenClaims {
-    let _ = w;
+/// Two chatgate replicas sharing one real Redis and one folder (certificate
+/// and OpenID signing key), as deployed replicas must.
+struct Replicas {
+    a: Gate,
+    b: Gate,
+    supabase: StandInSupabase,
+    _redis: RedisServer,
+    _upstream: StandInLibreChat,
+    _dir: tempfile::TempDir,
+}
+
+async fn replicas() -> Replicas {
+    let redis = RedisServer::start();
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let mut config = GateConfig::new(&[upstream.url()]).with_supabase(&supabase);
+    config.redis_url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Gate::start_in(config.clone(), dir.path()).await;
+    let b = Gate::start_in(config, dir.path()).await;
+    Replicas {
+        a,
+        b,
+        supabase,
+        _redis: redis,
+        _upstream: upstream,
+        _dir: dir,
+    }
+}
+
+fn chatgate_claims(token: &str) -> chatgate::librechat::token::TokenClaims {
     let issuer = chatgate::librechat::token::TokenIssuer::new(
         Some(LIBRECHAT_SECRET),
         Duration::from_secs(60),
@@ -284,14 +313,14 @@ fn chatgate_claims(w: &World, token: &str) -> chatgate::librechat::token::TokenC
 
 #[tokio::test]
 async fn a_chatgate_session_works_on_every_replica_and_ends_at_logout() {
-    let redis = RedisServer::start();
-    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
-    let upstream = StandInLibreChat::start("lc-1").await;
-    let mut config = GateConfig::new(&[upstream.url()]).with_supabase(&supabase);
-    config.redis_url = redis.url();
-    let dir = tempfile::tempdir().unwrap();
-    let a = Gate::start_in(config.clone(), dir.path()).await;
-    let b = Gate::start_in(config, dir.path()).await;
+    let Replicas {
+        a,
+        b,
+        supabase,
+        _redis,
+        _upstream,
+        _dir,
+    } = replicas().await;
     let user = SignedIn::new(&supabase, "ada@acme.example");
 
     let (_, _, body) = get(&a, "/api/librechat/auth", &[user.header()]).await;
@@ -657,14 +686,14 @@ async fn authorize_without_a_session_goes_to_the_dashboard() {
 
 #[tokio::test]
 async fn a_code_from_one_replica_is_redeemed_on_another_and_refresh_rotates() {
-    let redis = RedisServer::start();
-    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
-    let upstream = StandInLibreChat::start("lc-1").await;
-    let mut config = GateConfig::new(&[upstream.url()]).with_supabase(&supabase);
-    config.redis_url = redis.url();
-    let dir = tempfile::tempdir().unwrap();
-    let a = Gate::start_in(config.clone(), dir.path()).await;
-    let b = Gate::start_in(config, dir.path()).await;
+    let Replicas {
+        a,
+        b,
+        supabase,
+        _redis,
+        _upstream,
+        _dir,
+    } = replicas().await;
     let user = SignedIn::new(&supabase, "ada@acme.example");
 
     let code = code_for(&a, &user, None).await;

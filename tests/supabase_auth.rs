@@ -295,6 +295,13 @@ async fn bad_cookies_and_tokens_are_no_session_never_a_5xx() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A member of "acme" whose access token expired ten minutes ago.
+fn expired_member(supabase: &StandInSupabase) -> support::supabase::Session {
+    let session = supabase.sign_in_expired("ada@acme.example", Duration::from_secs(600));
+    supabase.set_profile(session.user_id(), "member", Some(acme()));
+    session
+}
+
 fn sign_hs256(secret: &[u8], claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -307,11 +314,7 @@ fn sign_hs256(secret: &[u8], claims: &Value) -> String {
 #[tokio::test]
 async fn an_expired_session_is_refreshed_once_and_written_back() {
     let w = world(SigningKind::Hs256).await;
-    let session = w
-        .supabase
-        .sign_in_expired("ada@acme.example", Duration::from_secs(600));
-    w.supabase
-        .set_profile(session.user_id(), "member", Some(acme()));
+    let session = expired_member(&w.supabase);
     let cookie = session_cookie(COOKIE_NAME, &session.to_json());
     let (status, headers, body) = get(&w.gate, "/c/new", &[("cookie", &cookie)]).await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
@@ -358,11 +361,7 @@ fn header_of(headers: &[(String, String)], name: &str) -> Option<String> {
 async fn a_refresh_written_by_chatgate_is_read_back_by_supabase_ssr() {
     let w = world(SigningKind::Hs256).await;
     // A large session, so the dashboard's cookie is chunked.
-    let session = w
-        .supabase
-        .sign_in_expired("ada@acme.example", Duration::from_secs(600));
-    w.supabase
-        .set_profile(session.user_id(), "member", Some(acme()));
+    let session = expired_member(&w.supabase);
     let mut json_session: Value = serde_json::from_str(&session.to_json()).unwrap();
     json_session["user"]["user_metadata"]["bio"] = json!("x".repeat(6000));
     let login = support::ssr::ssr(
@@ -402,11 +401,7 @@ async fn a_refresh_written_by_chatgate_is_read_back_by_supabase_ssr() {
 async fn a_refresh_storm_makes_one_refresh_call() {
     let w = world(SigningKind::Hs256).await;
     w.supabase.set_refresh_delay(Duration::from_millis(300));
-    let session = w
-        .supabase
-        .sign_in_expired("ada@acme.example", Duration::from_secs(600));
-    w.supabase
-        .set_profile(session.user_id(), "member", Some(acme()));
+    let session = expired_member(&w.supabase);
     let cookie = Arc::new(session_cookie(COOKIE_NAME, &session.to_json()));
     let addr = w.gate.addr();
     let tasks: Vec<_> = (0..100)
@@ -435,8 +430,7 @@ async fn two_replicas_sharing_redis_make_one_refresh_call() {
     config.redis_url = redis.url();
     let a = Gate::start(config.clone()).await;
     let b = Gate::start(config).await;
-    let session = supabase.sign_in_expired("ada@acme.example", Duration::from_secs(600));
-    supabase.set_profile(session.user_id(), "member", Some(acme()));
+    let session = expired_member(&supabase);
     let cookie = Arc::new(session_cookie(COOKIE_NAME, &session.to_json()));
     let tasks: Vec<_> = (0..100)
         .map(|i| {
@@ -464,11 +458,7 @@ async fn session_ending_codes_clear_the_cookie() {
         "user_banned",
     ] {
         let w = world(SigningKind::Hs256).await;
-        let session = w
-            .supabase
-            .sign_in_expired("ada@acme.example", Duration::from_secs(600));
-        w.supabase
-            .set_profile(session.user_id(), "member", Some(acme()));
+        let session = expired_member(&w.supabase);
         w.supabase.revoke_session(session.user_id(), code);
         let cookie = session_cookie(COOKIE_NAME, &session.to_json());
         let (status, headers, body) = get(&w.gate, "/api/convos", &[("cookie", &cookie)]).await;
@@ -487,11 +477,7 @@ async fn session_ending_codes_clear_the_cookie() {
 #[tokio::test]
 async fn a_failing_supabase_answers_503_and_keeps_the_cookie() {
     let w = world(SigningKind::Hs256).await;
-    let session = w
-        .supabase
-        .sign_in_expired("ada@acme.example", Duration::from_secs(600));
-    w.supabase
-        .set_profile(session.user_id(), "member", Some(acme()));
+    let session = expired_member(&w.supabase);
     w.supabase.fail_next_refreshes(1, 500);
     let cookie = session_cookie(COOKIE_NAME, &session.to_json());
     let (status, headers, body) = get(&w.gate, "/api/convos", &[("cookie", &cookie)]).await;
