@@ -356,15 +356,29 @@ fn write_new_key(path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
+    // Written whole under a private name, then linked into place: replicas
+    // started at once in one directory never read a half-written key, and
+    // the one that links second keeps the first one's key.
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    let mut partial = path.as_os_str().to_owned();
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let attempt = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    partial.push(format!(".{}-{attempt}.partial", std::process::id()));
+    let partial = std::path::PathBuf::from(partial);
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    file.write_all(pem.as_bytes()).map_err(|e| e.to_string())
+        .open(&partial)
+        .and_then(|mut file| file.write_all(pem.as_bytes()))
+        .and_then(|()| match std::fs::hard_link(&partial, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            linked => linked,
+        });
+    let _ = std::fs::remove_file(&partial);
+    written.map_err(|e| e.to_string())
 }
 
 /// The JSON body and headers of a token-endpoint answer (no caching).
@@ -381,6 +395,27 @@ pub fn no_store_headers() -> [(http::HeaderName, HeaderValue); 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_started_at_once_share_one_generated_key() {
+        let dir = std::env::temp_dir().join(format!("chatgate-oidc-key-{}", std::process::id()));
+        let path = dir.join("oidc-signing.pem");
+        let _ = std::fs::remove_dir_all(&dir);
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || write_new_key(&path))
+            })
+            .collect();
+        for writer in writers {
+            assert_eq!(writer.join().unwrap(), Ok(()));
+        }
+        let pem = std::fs::read_to_string(&path).unwrap();
+        assert!(pem.starts_with("-----BEGIN ") && pem.trim_end().ends_with("KEY-----"));
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "partial files left behind: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn pkce_s256_matches_rfc_7636_appendix_b() {
