@@ -1,31 +1,56 @@
 //! Structured logs (`tracing`): JSON by default, text on request. Nothing
 //! here or elsewhere logs a header value except through `RedactedHeaders`,
 //! which masks cookies, credentials and tokens.
+//!
+//! Lines gather in memory and a thread of their own writes them out in
+//! batches, the way nginx's `access_log … buffer=64k flush=…` does: a
+//! request never waits on stderr, and a busy proxy makes one write per batch
+//! instead of one write and one thread wake-up per line. The access line,
+//! the busiest of all, is formatted here by hand rather than through
+//! `tracing`'s field visitors.
 
 use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, Method, Version};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Lines waiting for the writer thread; past this, lines are dropped rather
-/// than making requests wait on stderr.
-const BUFFERED_LINES: usize = 256 * 1024;
+/// A batch is written once this many bytes wait…
+const BATCH_BYTES: usize = 64 * 1024;
+/// …or when the oldest waiting line is this old.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// While stderr does not keep up, at most this much waits; further lines
+/// are counted and dropped rather than growing memory or making requests
+/// wait.
+const MAX_WAITING: usize = 16 * 1024 * 1024;
+
+static SINK: OnceLock<Arc<Sink>> = OnceLock::new();
 
 /// Installs the global subscriber. `RUST_LOG`, when set, refines the level.
-/// Lines are written by a thread of their own, so no request waits on a
-/// write to stderr; the returned guard flushes them at exit.
-pub fn init(config: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+/// The returned guard writes out what is still waiting when it is dropped.
+pub fn init(config: &LogConfig) -> FlushAtExit {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{},hyper=warn,h2=warn,rustls=warn", config.level))
     });
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(BUFFERED_LINES)
-        .finish(std::io::stderr());
+    let sink = SINK
+        .get_or_init(|| Arc::new(Sink::new(config.format)))
+        .clone();
+    let writer = {
+        let sink = sink.clone();
+        std::thread::Builder::new()
+            .name("chatgate-log".to_owned())
+            .spawn(move || sink.write_batches(std::io::stderr()))
+            .ok()
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(SinkWriter(sink.clone()));
     let _ = match config.format {
         LogFormat::Json => builder
             .json()
@@ -34,7 +59,294 @@ pub fn init(config: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    guard
+    FlushAtExit { sink, writer }
+}
+
+/// Writes out the waiting lines and stops the writer thread when dropped.
+#[must_use = "dropping it at once loses nothing but stops batching"]
+pub struct FlushAtExit {
+    sink: Arc<Sink>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FlushAtExit {
+    fn drop(&mut self) {
+        self.sink.waiting().closed = true;
+        self.sink.wake.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+struct Sink {
+    format: LogFormat,
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    bytes: Vec<u8>,
+    dropped: u64,
+    closed: bool,
+}
+
+impl Sink {
+    fn new(format: LogFormat) -> Self {
+        Sink {
+            format,
+            waiting: Mutex::new(Waiting::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues whole lines. Wakes the writer only when a batch begins or is
+    /// full, not per line.
+    fn push(&self, lines: &[u8]) {
+        let mut waiting = self.waiting();
+        if waiting.bytes.len() + lines.len() > MAX_WAITING {
+            waiting.dropped += 1;
+            return;
+        }
+        let began = waiting.bytes.is_empty();
+        waiting.bytes.extend_from_slice(lines);
+        let full = waiting.bytes.len() >= BATCH_BYTES;
+        drop(waiting);
+        if began || full {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer thread: waits for a line, lets a batch gather for up to
+    /// `FLUSH_EVERY`, writes it with one call, until closed and empty.
+    fn write_batches(&self, mut out: impl Write) {
+        let mut batch = Vec::with_capacity(BATCH_BYTES);
+        loop {
+            let mut waiting = self.waiting();
+            while waiting.bytes.is_empty() && !waiting.closed {
+                waiting = self
+                    .wake
+                    .wait(waiting)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if waiting.bytes.is_empty() && waiting.closed {
+                return;
+            }
+            let deadline = Instant::now() + FLUSH_EVERY;
+            while waiting.bytes.len() < BATCH_BYTES && !waiting.closed {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                waiting = self
+                    .wake
+                    .wait_timeout(waiting, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            std::mem::swap(&mut waiting.bytes, &mut batch);
+            let dropped = std::mem::take(&mut waiting.dropped);
+            drop(waiting);
+            if dropped > 0 {
+                let _ = writeln!(
+                    out,
+                    "chatgate: {dropped} log line(s) dropped: stderr did not keep up"
+                );
+            }
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+            batch.clear();
+            batch.shrink_to(4 * BATCH_BYTES);
+        }
+    }
+}
+
+/// `tracing_subscriber`'s writer: each event arrives as one whole line.
+struct SinkWriter(Arc<Sink>);
+
+impl Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for SinkWriter {
+    type Writer = SinkWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SinkWriter(self.0.clone())
+    }
+}
+
+/// What the access log says of one request. It names the path but never the
+/// query (a hand-off `token` may be there), and never a header value.
+#[derive(Debug)]
+pub struct AccessLine<'a> {
+    pub request_id: &'a str,
+    pub peer: IpAddr,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub version: Version,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub attempts: u8,
+    pub duration: Duration,
+}
+
+/// The target the access line is filtered by (`RUST_LOG=chatgate::access=off`).
+pub const ACCESS_TARGET: &str = "chatgate::access";
+
+/// Queues the access line, in the configured format, when info lines of
+/// `chatgate::access` are enabled.
+pub fn access(line: &AccessLine<'_>) {
+    let Some(sink) = SINK.get() else { return };
+    if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        format_access(buf, sink.format, SystemTime::now(), line);
+        sink.push(buf.as_bytes());
+    });
+}
+
+fn format_access(buf: &mut String, format: LogFormat, at: SystemTime, line: &AccessLine<'_>) {
+    use fmt::Write as _;
+    let version = match line.version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    };
+    let micros = line.duration.as_micros();
+    let duration_ms = format_args!("{}.{:03}", micros / 1000, micros % 1000);
+    match format {
+        LogFormat::Json => {
+            buf.push_str("{\"timestamp\":\"");
+            push_timestamp(buf, at);
+            buf.push_str("\",\"level\":\"INFO\",\"request_id\":");
+            push_json_str(buf, line.request_id);
+            let _ = write!(buf, ",\"peer\":\"{}\",\"method\":", line.peer);
+            push_json_str(buf, line.method.as_str());
+            buf.push_str(",\"path\":");
+            push_json_str(buf, line.path);
+            let _ = write!(
+                buf,
+                ",\"version\":\"{version}\",\"status\":{},\"upstream\":",
+                line.status
+            );
+            match line.upstream {
+                Some(upstream) => push_json_str(buf, upstream),
+                None => buf.push_str("null"),
+            }
+            let _ = writeln!(
+                buf,
+                ",\"attempts\":{},\"duration_ms\":{duration_ms},\"target\":\"{ACCESS_TARGET}\"}}",
+                line.attempts
+            );
+        }
+        LogFormat::Text => {
+            push_timestamp(buf, at);
+            let _ = writeln!(
+                buf,
+                "  INFO {ACCESS_TARGET}: request_id={:?} peer={} method={} path={:?} version={version} \
+                 status={} upstream={} attempts={} duration_ms={duration_ms}",
+                line.request_id,
+                line.peer,
+                line.method,
+                line.path,
+                line.status,
+                line.upstream.unwrap_or("-"),
+                line.attempts,
+            );
+        }
+    }
+}
+
+/// A JSON string literal of `text`.
+fn push_json_str(buf: &mut String, text: &str) {
+    buf.push('"');
+    let mut plain = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f | 0x7f => "",
+            _ => continue,
+        };
+        buf.push_str(&text[plain..i]);
+        plain = i + 1;
+        if escaped.is_empty() {
+            use fmt::Write as _;
+            let _ = write!(buf, "\\u{byte:04x}");
+        } else {
+            buf.push_str(escaped);
+        }
+    }
+    buf.push_str(&text[plain..]);
+    buf.push('"');
+}
+
+/// RFC 3339 in UTC with microseconds, as `tracing_subscriber` writes it.
+/// The date and time of day are formatted once per second per thread.
+fn push_timestamp(buf: &mut String, at: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            *cached = secs;
+            text.clear();
+            let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+            let of_day = secs % 86_400;
+            use fmt::Write as _;
+            let _ = write!(
+                text,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+                of_day / 3600,
+                of_day / 60 % 60,
+                of_day % 60
+            );
+        }
+        buf.push_str(text);
+    });
+    use fmt::Write as _;
+    let _ = write!(buf, ".{:06}Z", since.subsec_micros());
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Header names whose values are never printed.
@@ -67,6 +379,112 @@ impl fmt::Debug for RedactedHeaders<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> AccessLine<'static> {
+        AccessLine {
+            request_id: "r-1",
+            peer: "192.0.2.7".parse().unwrap(),
+            method: &Method::POST,
+            path: "/api/ask/\"quoted\"\\x",
+            version: Version::HTTP_2,
+            status: 200,
+            upstream: Some("http://lc-1:3080"),
+            attempts: 2,
+            duration: Duration::from_micros(12_345),
+        }
+    }
+
+    #[test]
+    fn the_json_access_line_is_one_json_object_with_every_field() {
+        let at = UNIX_EPOCH + Duration::from_micros(1_795_824_000_000_042);
+        let mut buf = String::new();
+        format_access(&mut buf, LogFormat::Json, at, &sample());
+        assert!(
+            buf.ends_with('\n') && buf.matches('\n').count() == 1,
+            "{buf}"
+        );
+        let line: serde_json::Value = serde_json::from_str(&buf).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "timestamp": "2026-11-28T00:00:00.000042Z",
+                "level": "INFO",
+                "request_id": "r-1",
+                "peer": "192.0.2.7",
+                "method": "POST",
+                "path": "/api/ask/\"quoted\"\\x",
+                "version": "HTTP/2.0",
+                "status": 200,
+                "upstream": "http://lc-1:3080",
+                "attempts": 2,
+                "duration_ms": 12.345,
+                "target": "chatgate::access",
+            })
+        );
+        let mut none = sample();
+        none.upstream = None;
+        none.path = "/\u{1}\n";
+        buf.clear();
+        format_access(&mut buf, LogFormat::Json, at, &none);
+        let line: serde_json::Value = serde_json::from_str(&buf).unwrap();
+        assert_eq!(line["upstream"], serde_json::Value::Null);
+        assert_eq!(line["path"], "/\u{1}\n");
+    }
+
+    #[test]
+    fn the_text_access_line_names_every_field() {
+        let mut buf = String::new();
+        format_access(&mut buf, LogFormat::Text, UNIX_EPOCH, &sample());
+        assert_eq!(
+            buf,
+            "1970-01-01T00:00:00.000000Z  INFO chatgate::access: request_id=\"r-1\" peer=192.0.2.7 \
+             method=POST path=\"/api/ask/\\\"quoted\\\"\\\\x\" version=HTTP/2.0 status=200 \
+             upstream=http://lc-1:3080 attempts=2 duration_ms=12.345\n"
+        );
+    }
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn batches_are_written_whole_and_in_order_and_nothing_is_lost_at_close() {
+        let sink = Arc::new(Sink::new(LogFormat::Json));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let writer = {
+            let (sink, out) = (sink.clone(), out.clone());
+            std::thread::spawn(move || sink.write_batches(Shared(out)))
+        };
+        let guard = FlushAtExit {
+            sink: sink.clone(),
+            writer: Some(writer),
+        };
+        let mut expected = String::new();
+        for n in 0..5000 {
+            let line = format!("line {n} {}\n", "x".repeat(n % 100));
+            sink.push(line.as_bytes());
+            expected.push_str(&line);
+        }
+        drop(guard);
+        assert_eq!(
+            String::from_utf8(out.lock().unwrap().clone()).unwrap(),
+            expected
+        );
+    }
 
     #[test]
     fn credentials_are_masked() {

@@ -1,25 +1,25 @@
-//! The access log: one structured line per request. It names the path but
-//! never the query (a hand-off `token` may be there), and never a header
-//! value (cookies and `Authorization` live there).
+//! The access log: one structured line per request (`logging::access`). It
+//! names the path but never the query (a hand-off `token` may be there), and
+//! never a header value (cookies and `Authorization` live there).
 
 use http::Response;
 
 use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
+use crate::logging::{self, AccessLine};
 
 pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B>) {
-    tracing::info!(
-        target: "chatgate::access",
-        request_id = ctx.request_id_str(),
-        peer = %ctx.conn.peer.ip(),
-        method = %line.method,
-        path = line.uri.path(),
-        version = ?line.version,
-        status = response.status().as_u16(),
-        upstream = ctx.upstream.as_ref().map(|u| u.url.as_str()),
-        attempts = ctx.attempts,
-        duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-    );
+    logging::access(&AccessLine {
+        request_id: ctx.request_id_str(),
+        peer: ctx.conn.peer.ip(),
+        method: &line.method,
+        path: line.uri.path(),
+        version: line.version,
+        status: response.status().as_u16(),
+        upstream: ctx.upstream.as_ref().map(|u| u.url.as_str()),
+        attempts: ctx.attempts,
+        duration: ctx.started.elapsed(),
+    });
 }
 
 pub fn error(ctx: &RequestContext, error: &ProxyError) {
