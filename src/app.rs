@@ -25,6 +25,10 @@ pub struct Options {
     pub health_interval: Duration,
     /// The file SIGHUP re-reads; `None` when the config came from elsewhere.
     pub config_path: Option<std::path::PathBuf>,
+    /// Threads that serve connections, each with a single-threaded runtime
+    /// of its own; the caller's runtime is the first. The binary uses one
+    /// per CPU; embedders and tests keep the default, 1.
+    pub workers: usize,
 }
 
 impl Default for Options {
@@ -32,6 +36,7 @@ impl Default for Options {
         Self {
             health_interval: Duration::from_secs(5),
             config_path: None,
+            workers: 1,
         }
     }
 }

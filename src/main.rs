@@ -96,7 +96,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Single-threaded: `server::start` adds one more such runtime per CPU.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -200,6 +201,7 @@ async fn run_proxy(config: Config, path: PathBuf) -> ExitCode {
     }
     let options = Options {
         config_path: Some(path),
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..Options::default()
     };
     let running = match server::start(config, options).await {

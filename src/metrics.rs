@@ -12,6 +12,8 @@ pub struct Metrics {
     responses: [AtomicU64; 5],
     upstream_errors: AtomicU64,
     retries: AtomicU64,
+    /// Open client connections per serving thread (`server::start` sizes it).
+    worker_connections: std::sync::OnceLock<Box<[AtomicU64]>>,
 }
 
 impl Metrics {
@@ -22,6 +24,25 @@ impl Metrics {
 
     pub fn record_upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sizes the per-worker connection gauges; the first call wins.
+    pub fn set_workers(&self, workers: usize) {
+        let _ = self
+            .worker_connections
+            .set((0..workers.max(1)).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    pub fn connection_opened(&self, worker: usize) {
+        if let Some(open) = self.worker_connections.get().and_then(|w| w.get(worker)) {
+            open.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn connection_closed(&self, worker: usize) {
+        if let Some(open) = self.worker_connections.get().and_then(|w| w.get(worker)) {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn record_retry(&self) {
@@ -70,6 +91,23 @@ impl Metrics {
                 "chatgate_upstream_in_flight{{upstream=\"{}\"}} {}",
                 upstream.url,
                 upstream.in_flight()
+            );
+        }
+        out.push_str(
+            "# HELP chatgate_connections_open Client connections open, by serving thread.\n",
+        );
+        out.push_str("# TYPE chatgate_connections_open gauge\n");
+        for (worker, open) in self
+            .worker_connections
+            .get()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "chatgate_connections_open{{worker=\"{worker}\"}} {}",
+                open.load(Ordering::Relaxed)
             );
         }
         out.push_str("# HELP chatgate_draining Whether shutdown has begun.\n");

@@ -2,6 +2,7 @@
 //! HTTP/2 serving with upgrades, and the graceful drain of SPEC section 12.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("cannot start a serving thread: {0}")]
+    Worker(std::io::Error),
 }
 
 /// The App requests are served with; a reload swaps it whole, and each
@@ -181,20 +184,25 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         shutdown.clone(),
     ));
 
-    let listeners = Listeners {
+    let accepting = TaskTracker::new();
+    let workers_done = CancellationToken::new();
+    let mut listeners = Listeners {
         apps: apps.clone(),
         builder,
         connections: connections.clone(),
         stop_accepting: stop_accepting.clone(),
         closing: closing.clone(),
+        workers: Arc::new([]),
+        turn: Arc::new(AtomicUsize::new(0)),
+        index: 0,
     };
-    let mut accept_loops = vec![tokio::spawn(
-        listeners.clone().accept(tls_listener, Some(acceptor)),
-    )];
+    apps.load().metrics.set_workers(options.workers);
+    listeners.workers = spawn_workers(&listeners, options.workers, &workers_done)?.into();
+    accepting.spawn(listeners.clone().accept(tls_listener, Some(acceptor)));
     if let Some(listener) = http_listener {
-        accept_loops.push(tokio::spawn(listeners.accept(listener, None)));
+        accepting.spawn(listeners.accept(listener, None));
     }
-    tracing::info!(%tls_addr, http_addr = ?http_addr, "chatgate listening");
+    tracing::info!(%tls_addr, http_addr = ?http_addr, workers = options.workers.max(1), "chatgate listening");
 
     let task = tokio::spawn(drain_on_shutdown(
         apps.clone(),
@@ -202,7 +210,8 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         stop_accepting,
         closing,
         connections,
-        accept_loops,
+        accepting,
+        workers_done,
     ));
     Ok(Running {
         tls_addr,
@@ -220,6 +229,81 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+/// Runs `f` when dropped.
+fn defer<F: FnOnce()>(f: F) -> impl Drop {
+    struct Defer<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Defer<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Defer(Some(f))
+}
+
+/// An accepted connection on its way to the worker that serves it.
+struct Handed {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+}
+
+/// Starts `workers - 1` threads, each with a single-threaded runtime that
+/// serves the connections handed to it (nginx's worker processes, as
+/// threads): a request is read, authenticated, forwarded and answered on
+/// one thread, without hand-offs between threads. The caller's runtime
+/// accepts and is the first worker. The threads end once `done` is
+/// cancelled, at the end of the drain.
+fn spawn_workers(
+    listeners: &Listeners,
+    workers: usize,
+    done: &CancellationToken,
+) -> Result<Vec<tokio::sync::mpsc::UnboundedSender<Handed>>, StartError> {
+    let mut senders = Vec::with_capacity(workers.saturating_sub(1));
+    for index in 1..workers {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Worker)?;
+        let (sender, mut handed) = tokio::sync::mpsc::unbounded_channel::<Handed>();
+        let listeners = Listeners {
+            index,
+            ..listeners.clone()
+        };
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name(format!("chatgate-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    loop {
+                        let Handed {
+                            stream,
+                            peer,
+                            acceptor,
+                        } = tokio::select! {
+                            _ = done.cancelled() => return,
+                            next = handed.recv() => match next {
+                                Some(next) => next,
+                                None => break,
+                            },
+                        };
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => listeners.spawn_connection(stream, peer, acceptor),
+                            Err(error) => {
+                                tracing::warn!(%peer, %error, "worker cannot take a connection")
+                            }
+                        }
+                    }
+                    done.cancelled().await;
+                });
+            })
+            .map_err(StartError::Worker)?;
+        senders.push(sender);
+    }
+    Ok(senders)
 }
 
 fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
@@ -259,7 +343,8 @@ async fn drain_on_shutdown(
     stop_accepting: CancellationToken,
     closing: CancellationToken,
     connections: TaskTracker,
-    accept_loops: Vec<JoinHandle<()>>,
+    accepting: TaskTracker,
+    workers_done: CancellationToken,
 ) {
     shutdown.cancelled().await;
     let app = apps.load_full();
@@ -269,9 +354,8 @@ async fn drain_on_shutdown(
     tokio::time::sleep(grace / 3).await;
 
     stop_accepting.cancel();
-    for accept_loop in accept_loops {
-        let _ = accept_loop.await;
-    }
+    accepting.close();
+    accepting.wait().await;
     tracing::info!(open = connections.len(), "shutdown: listeners closed");
     closing.cancel();
     connections.close();
@@ -290,6 +374,7 @@ async fn drain_on_shutdown(
         );
     }
     apps.load_full().background.cancel();
+    workers_done.cancel();
     tracing::info!("shutdown: done");
 }
 
@@ -300,6 +385,12 @@ struct Listeners {
     connections: TaskTracker,
     stop_accepting: CancellationToken,
     closing: CancellationToken,
+    /// The other workers' queues; empty with one worker.
+    workers: Arc<[tokio::sync::mpsc::UnboundedSender<Handed>]>,
+    /// Whose turn the next accepted connection is (0: this runtime's).
+    turn: Arc<AtomicUsize>,
+    /// Which worker this copy serves on.
+    index: usize,
 }
 
 impl Listeners {
@@ -318,35 +409,81 @@ impl Listeners {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            let acceptor = acceptor.clone();
-            self.connections.spawn(async move {
-                let conn = Arc::new(ConnInfo {
-                    peer,
-                    tls: acceptor.is_some(),
-                });
-                match acceptor {
-                    None => this.serve(stream, conn).await,
-                    Some(acceptor) => {
-                        // Boxed and finished before serving begins: the
-                        // handshake's state is not kept beside the
-                        // connection's for as long as it stays open.
-                        let handshake = Box::pin(tokio::time::timeout(
-                            HANDSHAKE_TIMEOUT,
-                            acceptor.accept(stream),
-                        ))
-                        .await;
-                        match handshake {
-                            Ok(Ok(tls)) => this.serve(tls, conn).await,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
+            self.dispatch(stream, peer, acceptor.clone());
+        }
+    }
+
+    /// Hands accepted connections to the workers in turn, this runtime
+    /// included: every worker gets as many, whichever woke first.
+    fn dispatch(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<TlsAcceptor>,
+    ) {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % (self.workers.len() + 1);
+        let Some(worker) = turn.checked_sub(1).and_then(|i| self.workers.get(i)) else {
+            return self.spawn_connection(stream, peer, acceptor);
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => return tracing::warn!(%peer, %error, "cannot hand a connection over"),
+        };
+        if let Err(unsent) = worker.send(Handed {
+            stream,
+            peer,
+            acceptor,
+        }) {
+            // That worker has stopped (the drain is ending): serve it here.
+            let Handed {
+                stream,
+                peer,
+                acceptor,
+            } = unsent.0;
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => self.spawn_connection(stream, peer, acceptor),
+                Err(error) => tracing::warn!(%peer, %error, "cannot take a connection back"),
+            }
+        }
+    }
+
+    /// Serves one connection on this thread's runtime: the TLS handshake,
+    /// then HTTP until it closes.
+    fn spawn_connection(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<TlsAcceptor>,
+    ) {
+        let this = self.clone();
+        let metrics = self.apps.load().metrics.clone();
+        let worker = self.index;
+        metrics.connection_opened(worker);
+        self.connections.spawn(async move {
+            let _closed = defer(move || metrics.connection_closed(worker));
+            let conn = Arc::new(ConnInfo {
+                peer,
+                tls: acceptor.is_some(),
+            });
+            match acceptor {
+                None => this.serve(stream, conn).await,
+                Some(acceptor) => {
+                    // Boxed and finished before serving begins: the
+                    // handshake's state is not kept beside the connection's
+                    // for as long as it stays open.
+                    let handshake = Box::pin(tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    ))
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls)) => this.serve(tls, conn).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-            });
-        }
+            }
+        });
     }
 
     async fn serve<I>(&self, io: I, conn: Arc<ConnInfo>)

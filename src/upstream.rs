@@ -31,7 +31,9 @@ pub struct Upstream {
     pub url: Url,
     scheme: Scheme,
     authority: Authority,
-    pub client: UpstreamClient,
+    /// One connection pool per thread: each serving thread runs its own
+    /// runtime, and a connection stays with the thread that opened it.
+    clients: thread_local::ThreadLocal<UpstreamClient>,
     pub draining: bool,
     health: AtomicU8,
     successes: AtomicU32,
@@ -73,13 +75,18 @@ impl Upstream {
             url,
             scheme,
             authority,
-            client: build_client(),
+            clients: thread_local::ThreadLocal::new(),
             draining,
             health: AtomicU8::new(Health::Unknown as u8),
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// This thread's client for the instance.
+    pub fn client(&self) -> &UpstreamClient {
+        self.clients.get_or(build_client)
     }
 
     /// The URI of `path_and_query` on this instance.

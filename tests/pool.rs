@@ -126,6 +126,7 @@ impl Replica {
         let options = Options {
             health_interval: health,
             config_path: None,
+            workers: gate.workers,
         };
         let running = server::start(config, options)
             .await

@@ -469,6 +469,43 @@ async fn upstream_response_headers_pass_and_hop_by_hop_do_not() {
 }
 
 #[tokio::test]
+async fn connections_are_handed_to_every_worker_in_turn_and_each_serves_them() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let World {
+        gate,
+        _supabase,
+        user,
+    } = world(&[&upstream]).await;
+    let mut clients = Vec::new();
+    for n in 0..4 {
+        let alpn = if n % 2 == 0 { Alpn::H1 } else { Alpn::H2 };
+        let mut client = TestClient::connect(gate.addr(), alpn).await.unwrap();
+        let (status, headers, _) = client.get("/api/config", &[user.header()]).await;
+        assert_eq!(status, StatusCode::OK, "connection {n}");
+        assert_eq!(headers["x-instance"], "lc-1");
+        clients.push(client);
+    }
+    let (_, _, body) = clients[0].get("/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&body);
+    let open: Vec<u64> = text
+        .lines()
+        .filter(|line| line.starts_with("chatgate_connections_open{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(open, [2, 2], "4 connections over 2 workers: {text}");
+    drop(clients);
+    eventually("the gauges fall back to 0", || async {
+        let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+        let (_, _, body) = client.get("/metrics", &[]).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        // The asking connection itself is open on one of them.
+        text.contains("chatgate_connections_open{worker=\"0\"} 0")
+            != text.contains("chatgate_connections_open{worker=\"1\"} 0")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn admin_routes_answer_without_an_upstream() {
     let upstream = StandInLibreChat::start("lc-1").await;
     let World {

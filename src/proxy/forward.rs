@@ -46,7 +46,7 @@ pub async fn forward(
         let in_flight = upstream.begin_request();
 
         let result =
-            tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, upstream.client.request(outgoing)).await;
+            tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, upstream.client().request(outgoing)).await;
         let error = match result {
             Ok(Ok(response)) => {
                 if matches!(
@@ -214,7 +214,7 @@ mod tests {
         let request = Request::post(upstream.uri_for("/api/files".parse().unwrap()))
             .body(body)
             .unwrap();
-        let error = upstream.client.request(request).await.unwrap_err();
+        let error = upstream.client().request(request).await.unwrap_err();
         assert!(caused_by_client(&error), "{error:?}");
     }
 
@@ -227,7 +227,7 @@ mod tests {
         let request = Request::get(upstream.uri_for("/".parse().unwrap()))
             .body(body::empty())
             .unwrap();
-        let error = upstream.client.request(request).await.unwrap_err();
+        let error = upstream.client().request(request).await.unwrap_err();
         assert!(!caused_by_client(&error), "{error:?}");
         assert!(is_refused(&error));
     }

@@ -68,7 +68,7 @@ pub async fn check(upstream: &Upstream, health_path: &str) -> Result<(), CheckFa
             reason: e.to_string(),
             refused: false,
         })?;
-    match tokio::time::timeout(CHECK_TIMEOUT, upstream.client.request(request)).await {
+    match tokio::time::timeout(CHECK_TIMEOUT, upstream.client().request(request)).await {
         Err(_) => Err(CheckFailure {
             reason: format!("no answer within {CHECK_TIMEOUT:?}"),
             refused: false,

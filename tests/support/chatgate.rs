@@ -32,6 +32,9 @@ pub struct GateConfig {
     pub oidc_client_secret: String,
     pub allowed_origins: Vec<String>,
     pub cross_site: bool,
+    /// Serving threads (`Options::workers`): 2, as the binary runs on a
+    /// 2-core machine, so connections are handed between runtimes as there.
+    pub workers: usize,
 }
 
 impl GateConfig {
@@ -57,6 +60,7 @@ impl GateConfig {
             oidc_client_secret: OIDC_CLIENT_SECRET.to_owned(),
             allowed_origins: Vec::new(),
             cross_site: false,
+            workers: 2,
         }
     }
 
@@ -174,6 +178,7 @@ impl Gate {
         let options = Options {
             health_interval: Duration::from_millis(100),
             config_path: None,
+            workers: config.workers,
         };
         let running = server::start(config.load(dir), options)
             .await
