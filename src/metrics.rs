@@ -12,6 +12,8 @@ pub struct Metrics {
     responses: [AtomicU64; 5],
     upstream_errors: AtomicU64,
     retries: AtomicU64,
+    /// HTTP/1.1 connections parked (`server::Listeners::serve_http1`).
+    connections_parked: AtomicU64,
     /// Open client connections per serving thread (`server::start` sizes it).
     worker_connections: std::sync::OnceLock<Box<[AtomicU64]>>,
 }
@@ -43,6 +45,14 @@ impl Metrics {
         if let Some(open) = self.worker_connections.get().and_then(|w| w.get(worker)) {
             open.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn connection_parked(&self) {
+        self.connections_parked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_unparked(&self) {
+        self.connections_parked.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn record_retry(&self) {
@@ -110,6 +120,13 @@ impl Metrics {
                 open.load(Ordering::Relaxed)
             );
         }
+        out.push_str("# HELP chatgate_connections_parked Idle HTTP/1.1 connections whose buffers are freed until the client speaks again.\n");
+        out.push_str("# TYPE chatgate_connections_parked gauge\n");
+        let _ = writeln!(
+            out,
+            "chatgate_connections_parked {}",
+            self.connections_parked.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP chatgate_draining Whether shutdown has begun.\n");
         out.push_str("# TYPE chatgate_draining gauge\n");
         let _ = writeln!(out, "chatgate_draining {}", u8::from(draining));

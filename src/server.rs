@@ -1,12 +1,16 @@
 //! Listeners and connections: TLS accept, hyper's automatic HTTP/1.1 +
 //! HTTP/2 serving with upgrades, and the graceful drain of SPEC section 12.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Options};
+use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::context::ConnInfo;
 use crate::tls::{self, CertResolver};
@@ -172,6 +177,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
 
     let app = Arc::new(App::new(config).await.map_err(StartError::Config)?);
     let builder = Arc::new(http_builder(app.config.server.max_header_bytes));
+    let http1 = Arc::new(http1_builder(app.config.server.max_header_bytes));
     let shutdown = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let closing = CancellationToken::new();
@@ -189,6 +195,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     let mut listeners = Listeners {
         apps: apps.clone(),
         builder,
+        http1,
         connections: connections.clone(),
         stop_accepting: stop_accepting.clone(),
         closing: closing.clone(),
@@ -229,6 +236,136 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// How long an HTTP/1.1 connection must carry no request before it is
+/// parked (`Listeners::serve_http1`); it is checked this often, so parking
+/// happens between one and two periods after the last response ended.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Requests under way on one connection, for `serve_http1`: begun in the
+/// service, ended when hyper drops the response body (sent, or abandoned).
+#[derive(Debug, Default)]
+struct Activity {
+    active: AtomicUsize,
+    started: AtomicUsize,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
+struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as under way.
+struct ActiveBody {
+    body: ProxyBody,
+    _active: Active,
+}
+
+impl hyper::body::Body for ActiveBody {
+    type Data = Bytes;
+    type Error = crate::error::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The TLS stream as `serve_http1` hands it to hyper: bytes a previous
+/// hyper connection had read but not used come first, and while parking,
+/// hyper's shutdown is skipped so that the connection stays open.
+struct ClientIo {
+    unread: Bytes,
+    /// Boxed so that handing it between hyper and `serve_http1` moves a
+    /// pointer, and the connection's task keeps no copies of it.
+    tls: Box<TlsStream>,
+    keep_open: Arc<AtomicBool>,
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.tls).poll_read(cx, buf);
+        }
+        let n = self.unread.len().min(buf.remaining());
+        buf.put_slice(&self.unread.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.keep_open.load(Ordering::Relaxed) {
+            return Pin::new(&mut self.tls).poll_flush(cx);
+        }
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
 }
 
 /// Runs `f` when dropped.
@@ -314,12 +451,28 @@ fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, S
     })
 }
 
+/// Buffers bigger than the configured limit, so that most oversized heads
+/// reach `proxy::check_request` (431 with a JSON body); hyper still answers
+/// 431 itself beyond them.
+fn buffer_size(max_header_bytes: usize) -> usize {
+    (max_header_bytes * 2).max(16 * 1024)
+}
+
+/// HTTP/1.1 over TLS (the ALPN said so, or said nothing).
+fn http1_builder(max_header_bytes: usize) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(buffer_size(max_header_bytes))
+        .keep_alive(true);
+    builder
+}
+
+/// HTTP/2 by ALPN, and either protocol on the plain listener.
 fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Buffers bigger than the configured limit, so that most oversized heads
-    // reach `proxy::check_request` (431 with a JSON body); hyper still answers
-    // 431 itself beyond them.
-    let buffer = (max_header_bytes * 2).max(16 * 1024);
+    let buffer = buffer_size(max_header_bytes);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -382,6 +535,7 @@ async fn drain_on_shutdown(
 struct Listeners {
     apps: Apps,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    http1: Arc<hyper::server::conn::http1::Builder>,
     connections: TaskTracker,
     stop_accepting: CancellationToken,
     closing: CancellationToken,
@@ -466,7 +620,9 @@ impl Listeners {
                 tls: acceptor.is_some(),
             });
             match acceptor {
-                None => this.serve(stream, conn).await,
+                // Boxed, like HTTP/2 below: a connection served by
+                // `serve_http1` does not carry their larger state.
+                None => Box::pin(this.serve(stream, conn)).await,
                 Some(acceptor) => {
                     // Boxed and finished before serving begins: the
                     // handshake's state is not kept beside the connection's
@@ -477,13 +633,121 @@ impl Listeners {
                     ))
                     .await;
                     match handshake {
-                        Ok(Ok(tls)) => this.serve(tls, conn).await,
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            Box::pin(this.serve(tls, conn)).await
+                        }
+                        Ok(Ok(tls)) => this.serve_http1(tls, conn).await,
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
         });
+    }
+
+    /// HTTP/1.1 over TLS. A connection that has carried no request for
+    /// `PARK_AFTER` to `2 × PARK_AFTER` is parked: hyper lets go of it
+    /// (its read and write buffers and the dispatcher's state are freed)
+    /// and only the TLS stream and this task wait for the client's next
+    /// bytes, when a new hyper connection takes it up again, the way nginx
+    /// frees a keep-alive connection's buffers. Idle browsers' connections
+    /// are most of a proxy's connections.
+    async fn serve_http1(&self, tls: TlsStream, conn: Arc<ConnInfo>) {
+        let keep_open = Arc::new(AtomicBool::new(false));
+        let mut tls = Box::new(tls);
+        let mut unread = Bytes::new();
+        let mut may_park = true;
+        loop {
+            let activity = Arc::new(Activity::default());
+            let service = {
+                let apps = self.apps.clone();
+                let conn = conn.clone();
+                let activity = activity.clone();
+                service_fn(move |request| {
+                    let active = activity.begin();
+                    let handled = proxy::handle(apps.load_full(), conn.clone(), request);
+                    async move {
+                        let response = handled.await?;
+                        Ok::<_, Infallible>(response.map(|body| ActiveBody {
+                            body,
+                            _active: active,
+                        }))
+                    }
+                })
+            };
+            keep_open.store(false, Ordering::Relaxed);
+            let io = ClientIo {
+                unread: std::mem::take(&mut unread),
+                tls,
+                keep_open: keep_open.clone(),
+            };
+            let mut connection = Box::pin(
+                self.http1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            );
+            let mut check =
+                tokio::time::interval_at(tokio::time::Instant::now() + PARK_AFTER, PARK_AFTER);
+            let (mut seen, mut parking, mut closing) = (0, false, false);
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = self.closing.cancelled(), if !closing => {
+                        closing = true;
+                        keep_open.store(false, Ordering::Relaxed);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = check.tick(), if !closing && !parking => {
+                        let started = activity.started();
+                        if activity.idle() && started == seen && (may_park || started > 0) {
+                            parking = true;
+                            keep_open.store(true, Ordering::Relaxed);
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        seen = started;
+                    }
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+                return;
+            }
+            if !parking || closing {
+                return;
+            }
+            // `None`: upgraded; the tunnel has the stream.
+            let Some(parts) = Pin::into_inner(connection).into_parts() else {
+                return;
+            };
+            let io = parts.io.into_inner();
+            tls = io.tls;
+            // Copied out: hyper's read buffer is what parking frees.
+            unread = match (io.unread.is_empty(), parts.read_buf.is_empty()) {
+                (true, true) => Bytes::new(),
+                (false, true) => io.unread,
+                _ => [&io.unread[..], &parts.read_buf[..]].concat().into(),
+            };
+            // A request head had begun: serve it at once, and park again
+            // only once a request has begun, so that a slow head still meets
+            // hyper's header timeout.
+            may_park = unread.is_empty();
+            if !may_park {
+                continue;
+            }
+            let metrics = self.apps.load().metrics.clone();
+            metrics.connection_parked();
+            let woken = tokio::select! {
+                readable = tls.get_ref().0.readable() => readable.is_ok(),
+                _ = self.closing.cancelled() => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut *tls).await;
+                    false
+                }
+            };
+            metrics.connection_unparked();
+            if !woken {
+                return;
+            }
+        }
     }
 
     async fn serve<I>(&self, io: I, conn: Arc<ConnInfo>)

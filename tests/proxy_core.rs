@@ -13,6 +13,7 @@ use support::chatgate::{eventually, Gate, GateConfig, SignedIn};
 use support::client::{self, Alpn, TestClient};
 use support::librechat::StandInLibreChat;
 use support::supabase::{SigningKind, StandInSupabase};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Guards against a hang in a broken build; never a performance assertion.
@@ -503,6 +504,102 @@ async fn connections_are_handed_to_every_worker_in_turn_and_each_serves_them() {
             != text.contains("chatgate_connections_open{worker=\"1\"} 0")
     })
     .await;
+}
+
+/// `chatgate_connections_parked`, asked on a connection of its own.
+async fn parked(gate: &Gate) -> u64 {
+    let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
+    let (_, _, body) = client.get("/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix("chatgate_connections_parked "))
+        .unwrap_or_else(|| panic!("no parked gauge: {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_is_parked_and_serves_again_but_a_stream_is_never_parked() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let World {
+        gate,
+        _supabase,
+        user,
+    } = world(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H1).await.unwrap();
+
+    // A stream that stays open, silent, for longer than parking waits.
+    let response = client
+        .send(client::build_request(
+            Method::GET,
+            "/sse?events=2",
+            &[user.header()],
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    upstream.release_sse(1);
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: {\"n\":1}\n\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        parked(&gate).await,
+        0,
+        "a connection with a stream open was parked"
+    );
+    upstream.release_sse(1);
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&second[..], b"data: {\"n\":2}\n\n");
+    assert!(
+        body.frame().await.is_none(),
+        "the stream ends after 2 events"
+    );
+
+    // Idle now: parked, and the same connection serves the next request.
+    eventually("the idle connection is parked", || async {
+        parked(&gate).await == 1
+    })
+    .await;
+    assert!(!client.is_closed());
+    let (status, headers, _) = client.get("/api/config", &[user.header()]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-instance"], "lc-1");
+    assert_eq!(parked(&gate).await, 0);
+    drop(client);
+
+    // A pipelined pair sent to a parked connection is answered in order.
+    let mut raw = client::tls_connect(gate.addr(), b"http/1.1").await.unwrap();
+    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.ends_with(b"\r\n\r\nok") {
+        let n = raw.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed early: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    eventually("the raw connection is parked", || async {
+        parked(&gate).await == 1
+    })
+    .await;
+    raw.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    received.clear();
+    raw.read_to_end(&mut received).await.unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert_eq!(parked(&gate).await, 0);
 }
 
 #[tokio::test]
