@@ -368,6 +368,25 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// The TLS handshake, within `HANDSHAKE_TIMEOUT`.
+async fn accept_tls(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<Box<TlsStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Runs `f` when dropped.
 fn defer<F: FnOnce()>(f: F) -> impl Drop {
     struct Defer<F: FnOnce()>(Option<F>);
@@ -624,21 +643,16 @@ impl Listeners {
                 // `serve_http1` does not carry their larger state.
                 None => Box::pin(this.serve(stream, conn)).await,
                 Some(acceptor) => {
-                    // Boxed and finished before serving begins: the
-                    // handshake's state is not kept beside the connection's
-                    // for as long as it stays open.
-                    let handshake = Box::pin(tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    ))
-                    .await;
-                    match handshake {
-                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            Box::pin(this.serve(tls, conn)).await
-                        }
-                        Ok(Ok(tls)) => this.serve_http1(tls, conn).await,
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    // Boxed and finished before serving begins, and only a
+                    // pointer comes out: the handshake's state is not kept
+                    // beside the connection's for as long as it stays open.
+                    let Some(tls) = Box::pin(accept_tls(acceptor, stream, peer)).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Box::pin(this.serve(*tls, conn)).await
+                    } else {
+                        this.serve_http1(tls, conn).await
                     }
                 }
             }
@@ -652,9 +666,8 @@ impl Listeners {
     /// bytes, when a new hyper connection takes it up again, the way nginx
     /// frees a keep-alive connection's buffers. Idle browsers' connections
     /// are most of a proxy's connections.
-    async fn serve_http1(&self, tls: TlsStream, conn: Arc<ConnInfo>) {
+    async fn serve_http1(&self, mut tls: Box<TlsStream>, conn: Arc<ConnInfo>) {
         let keep_open = Arc::new(AtomicBool::new(false));
-        let mut tls = Box::new(tls);
         let mut unread = Bytes::new();
         let mut may_park = true;
         loop {
