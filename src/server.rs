@@ -368,6 +368,20 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// The TLS stream and the bytes read but not used, out of a finished hyper
+/// connection's parts; the unused bytes are copied out of hyper's buffer.
+fn take_back<S>(
+    parts: hyper::server::conn::http1::Parts<TokioIo<ClientIo>, S>,
+) -> (Box<TlsStream>, Bytes) {
+    let io = parts.io.into_inner();
+    let unread = match (io.unread.is_empty(), parts.read_buf.is_empty()) {
+        (true, true) => Bytes::new(),
+        (false, true) => io.unread,
+        _ => [&io.unread[..], &parts.read_buf[..]].concat().into(),
+    };
+    (io.tls, unread)
+}
+
 /// The TLS handshake, within `HANDSHAKE_TIMEOUT`.
 async fn accept_tls(
     acceptor: TlsAcceptor,
@@ -732,14 +746,9 @@ impl Listeners {
             let Some(parts) = Pin::into_inner(connection).into_parts() else {
                 return;
             };
-            let io = parts.io.into_inner();
-            tls = io.tls;
-            // Copied out: hyper's read buffer is what parking frees.
-            unread = match (io.unread.is_empty(), parts.read_buf.is_empty()) {
-                (true, true) => Bytes::new(),
-                (false, true) => io.unread,
-                _ => [&io.unread[..], &parts.read_buf[..]].concat().into(),
-            };
+            // In a function, so that hyper's read buffer (what parking
+            // frees) and the rest of its parts are dropped before waiting.
+            (tls, unread) = take_back(parts);
             // A request head had begun: serve it at once, and park again
             // only once a request has begun, so that a slow head still meets
             // hyper's header timeout.
