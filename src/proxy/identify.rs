@@ -29,6 +29,13 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A verified user with their profile; `None` when the profile names no
+    /// organization (such a user is refused before any identity is made).
+    pub fn new(claims: Arc<AccessClaims>, profile: Arc<Profile>) -> Option<Self> {
+        profile.organization.as_ref()?;
+        Some(Identity { claims, profile })
+    }
+
     /// The Supabase user id (`sub`).
     pub fn user_id(&self) -> &str {
         &self.claims.sub

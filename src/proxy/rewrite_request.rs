@@ -67,12 +67,36 @@ pub fn rewrite(
 ) -> Result<UpstreamRequest, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let upgrade = take_upgrade(&mut parts);
-    let host = original_host(&parts);
+    let path_and_query = rewrite_head(app, ctx, identity, &mut parts, upgrade.is_some())?;
+    let body = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        Some(body)
+    };
+    Ok(UpstreamRequest {
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+        body,
+        upgrade,
+    })
+}
+
+/// The head's part of `rewrite`: the headers LibreChat gets and the path
+/// and query without `token`. `upgrading`: the client's upgrade was taken.
+pub fn rewrite_head(
+    app: &App,
+    ctx: &RequestContext,
+    identity: &Identity,
+    parts: &mut http::request::Parts,
+    upgrading: bool,
+) -> Result<PathAndQuery, ProxyError> {
+    let host = original_host(parts);
     let headers = &mut parts.headers;
 
-    let upgrade_protocol = upgrade
-        .as_ref()
-        .and_then(|_| headers.get(header::UPGRADE).cloned());
+    let upgrade_protocol = upgrading
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade_protocol {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -99,19 +123,7 @@ pub fn rewrite(
         headers.insert(header::AUTHORIZATION, value);
     }
 
-    let path_and_query = without_token_param(&parts.uri)?;
-    let body = if http_body::Body::is_end_stream(&body) {
-        None
-    } else {
-        Some(body)
-    };
-    Ok(UpstreamRequest {
-        method: parts.method,
-        path_and_query,
-        headers: parts.headers,
-        body,
-        upgrade,
-    })
+    without_token_param(&parts.uri)
 }
 
 /// The client's half of an `Upgrade` (HTTP/1.1 only; HTTP/2 has none).
@@ -172,18 +184,22 @@ fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
 /// may send one `Cookie` header per cookie; HTTP/1.1 upstreams get them
 /// joined into one (RFC 9113 section 8.2.3).
 fn strip_session_cookies(headers: &mut HeaderMap, session_cookie: &str) {
-    let mut kept: Vec<String> = Vec::new();
+    let mut kept = String::new();
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
         if let Some(rest) = strip_cookies(text, session_cookie, CHATGATE_COOKIES) {
-            kept.push(rest);
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(&rest);
         }
     }
     headers.remove(header::COOKIE);
     if kept.is_empty() {
         return;
     }
-    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+    // Taken over as it is (no copy): its bytes came from header values.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
         headers.insert(header::COOKIE, value);
     }
 }

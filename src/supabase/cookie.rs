@@ -602,7 +602,9 @@ fn set_cookie(name: &str, value: &str, max_age: u64, domain: Option<&str>) -> St
 /// `<session_name>-code-verifier` (the PKCE verifier), are kept as sent. Call
 /// it once per `Cookie` header (or on the headers joined with `"; "`).
 pub fn strip_cookies(cookie_header: &str, session_name: &str, extra: &[&str]) -> Option<String> {
-    let mut out = String::with_capacity(cookie_header.len());
+    // Grown as needed: what is kept (LibreChat's cookies) is usually a small
+    // part of a header the session's chunks make kilobytes long.
+    let mut out = String::new();
     for pair in cookie_header.split(';') {
         let pair = pair.trim_matches([' ', '\t']);
         if pair.is_empty() {
