@@ -24,7 +24,9 @@
 //! the `user` object instead of building it.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
@@ -200,6 +202,10 @@ pub fn default_cookie_name(supabase_url: &url::Url) -> String {
     format!("sb-{label}-auth-token")
 }
 
+/// How many decoded session cookies each thread remembers
+/// (`SessionCookie::decode_tokens_recent`).
+const RECENT_SESSIONS_PER_THREAD: usize = 8;
+
 /// Which cookie of the session a pair is: `<name>` or `<name>.N`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ChunkIndex {
@@ -305,6 +311,46 @@ impl SessionCookie<'_> {
         Ok(SessionTokens {
             access_token: lean.access_token.into_owned(),
             refresh_token: lean.refresh_token.into_owned(),
+        })
+    }
+
+    /// `decode_tokens`, remembered by each thread for its last few cookies:
+    /// a browser sends the same session with every request of a page, and
+    /// comparing a cookie with one already decoded costs a fraction of
+    /// decoding it. The key is every chunk's index and value, so a hit
+    /// decodes to the same tokens; failures are not remembered.
+    pub fn decode_tokens_recent(&self) -> Result<Arc<SessionTokens>, CookieError> {
+        thread_local! {
+            static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+            static RECENT: RefCell<Vec<(Vec<u8>, Arc<SessionTokens>)>> =
+                const { RefCell::new(Vec::new()) };
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for chunk in &self.chunks {
+                let index = match chunk.index {
+                    ChunkIndex::Whole => u32::MAX,
+                    ChunkIndex::Part(n) => n,
+                };
+                key.extend_from_slice(&index.to_le_bytes());
+                key.extend_from_slice(&(chunk.value.len() as u64).to_le_bytes());
+                key.extend_from_slice(chunk.value);
+            }
+            let hit = RECENT.with_borrow_mut(|recent| {
+                let at = recent.iter().position(|(k, _)| k == key)?;
+                // Most recent first.
+                recent[..=at].rotate_right(1);
+                Some(recent[0].1.clone())
+            });
+            if let Some(tokens) = hit {
+                return Ok(tokens);
+            }
+            let tokens = Arc::new(self.decode_tokens()?);
+            RECENT.with_borrow_mut(|recent| {
+                recent.truncate(RECENT_SESSIONS_PER_THREAD - 1);
+                recent.insert(0, (key.clone(), tokens.clone()));
+            });
+            Ok(tokens)
         })
     }
 
@@ -679,6 +725,41 @@ mod tests {
 
     /// The hot-path decoder accepts exactly what the full one accepts and
     /// yields the same tokens, whichever base64 decoder ran.
+    #[test]
+    fn remembered_tokens_are_those_of_the_very_cookie_asked() {
+        let b64 = |json: &str| format!("base64-{}", URL_SAFE_NO_PAD.encode(json));
+        let session = |access: &str| {
+            format!(r#"{{"access_token":"{access}","refresh_token":"r-{access}","user":{{}}}}"#)
+        };
+        let read = |header: &str| {
+            find_session_cookie(std::iter::once(header.as_bytes()), NAME)
+                .unwrap()
+                .decode_tokens_recent()
+        };
+        // More sessions than a thread remembers, each asked twice, in turns.
+        for round in 0..2 {
+            for n in 0..(RECENT_SESSIONS_PER_THREAD * 2) {
+                let whole = format!("{NAME}={}", b64(&session(&format!("a{n}"))));
+                let tokens = read(&whole).unwrap();
+                assert_eq!(tokens.access_token, format!("a{n}"), "round {round}");
+                assert_eq!(tokens.refresh_token, format!("r-a{n}"));
+            }
+        }
+        // The same bytes cut into chunks differently are other cookies.
+        let encoded = b64(&session("chunked"));
+        let (a, b) = encoded.split_at(10);
+        let chunked = format!("{NAME}.0={a}; {NAME}.1={b}");
+        assert_eq!(read(&chunked).unwrap().access_token, "chunked");
+        let (a, b) = encoded.split_at(11);
+        let chunked = format!("{NAME}.0={a}; {NAME}.1={b}");
+        assert_eq!(read(&chunked).unwrap().access_token, "chunked");
+        // A hit right after a failure, and a failure is not remembered.
+        let garbled = format!("{NAME}={}x", &encoded[..encoded.len() / 2]);
+        assert!(read(&garbled).is_err());
+        assert!(read(&garbled).is_err());
+        assert_eq!(read(&chunked).unwrap().access_token, "chunked");
+    }
+
     #[test]
     fn decode_tokens_agrees_with_decode() {
         let b64 = |json: &str| format!("base64-{}", URL_SAFE_NO_PAD.encode(json));

@@ -51,13 +51,13 @@ impl Supabase {
             return Ok(SessionCheck::Absent);
         };
         // Only the tokens: the `user` object is never needed here.
-        let Ok(session) = found.decode_tokens() else {
+        let Ok(session) = found.decode_tokens_recent() else {
             return Ok(SessionCheck::Absent);
         };
         match self.verifier.verify(&session.access_token).await {
             Ok(claims) => Ok(SessionCheck::Valid {
                 claims,
-                access_token: session.access_token,
+                access_token: session.access_token.clone(),
             }),
             Err(VerifyError::Invalid(_)) => Ok(SessionCheck::Absent),
             Err(VerifyError::KeysUnavailable(reason)) => Err(SessionUnavailable(reason)),
