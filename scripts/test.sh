@@ -12,6 +12,9 @@ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2
 command -v node >/dev/null || missing+=(nodejs npm)
 # tests/browser_frame.rs launches exactly this binary.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The binary's allocator (tikv-jemalloc-sys) builds jemalloc with make and a C compiler.
+command -v make >/dev/null || missing+=(make)
+command -v cc >/dev/null || missing+=(gcc)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
