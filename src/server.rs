@@ -498,6 +498,10 @@ fn http1_builder(max_header_bytes: usize) -> hyper::server::conn::http1::Builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(buffer_size(max_header_bytes))
+        // Head and body copied into one buffer: rustls then seals one
+        // record per response rather than one per slice. Same-run A/B
+        // (wrk -c64, 4 rounds): 2-3 % less CPU per request.
+        .writev(false)
         .keep_alive(true);
     builder
 }
