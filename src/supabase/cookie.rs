@@ -124,7 +124,9 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
 /// The tokens of a session cookie ([`SessionCookie::decode_tokens`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionTokens {
-    pub access_token: String,
+    /// Shared, not copied, with each request that reads it from a thread's
+    /// recent cookies (`decode_tokens_recent`).
+    pub access_token: Arc<str>,
     pub refresh_token: String,
 }
 
@@ -309,7 +311,7 @@ impl SessionCookie<'_> {
         let json = self.session_json()?;
         let lean: LeanSession<'_> = serde_json::from_slice(&json)?;
         Ok(SessionTokens {
-            access_token: lean.access_token.into_owned(),
+            access_token: Arc::from(&*lean.access_token),
             refresh_token: lean.refresh_token.into_owned(),
         })
     }
@@ -741,7 +743,7 @@ mod tests {
             for n in 0..(RECENT_SESSIONS_PER_THREAD * 2) {
                 let whole = format!("{NAME}={}", b64(&session(&format!("a{n}"))));
                 let tokens = read(&whole).unwrap();
-                assert_eq!(tokens.access_token, format!("a{n}"), "round {round}");
+                assert_eq!(&*tokens.access_token, format!("a{n}"), "round {round}");
                 assert_eq!(tokens.refresh_token, format!("r-a{n}"));
             }
         }
@@ -749,15 +751,15 @@ mod tests {
         let encoded = b64(&session("chunked"));
         let (a, b) = encoded.split_at(10);
         let chunked = format!("{NAME}.0={a}; {NAME}.1={b}");
-        assert_eq!(read(&chunked).unwrap().access_token, "chunked");
+        assert_eq!(&*read(&chunked).unwrap().access_token, "chunked");
         let (a, b) = encoded.split_at(11);
         let chunked = format!("{NAME}.0={a}; {NAME}.1={b}");
-        assert_eq!(read(&chunked).unwrap().access_token, "chunked");
+        assert_eq!(&*read(&chunked).unwrap().access_token, "chunked");
         // A hit right after a failure, and a failure is not remembered.
         let garbled = format!("{NAME}={}x", &encoded[..encoded.len() / 2]);
         assert!(read(&garbled).is_err());
         assert!(read(&garbled).is_err());
-        assert_eq!(read(&chunked).unwrap().access_token, "chunked");
+        assert_eq!(&*read(&chunked).unwrap().access_token, "chunked");
     }
 
     #[test]
@@ -812,7 +814,7 @@ mod tests {
             let full = found.decode().map(|s| (s.access_token, s.refresh_token));
             let lean = found
                 .decode_tokens()
-                .map(|t| (t.access_token, t.refresh_token));
+                .map(|t| (t.access_token.to_string(), t.refresh_token));
             assert_eq!(
                 full.is_ok(),
                 lean.is_ok(),

@@ -20,13 +20,13 @@ pub enum SessionCheck {
     /// A valid access token.
     Valid {
         claims: Arc<AccessClaims>,
-        access_token: String,
+        access_token: Arc<str>,
     },
     /// The access token had expired and was refreshed: `set_cookies` write
     /// the new session back in `@supabase/ssr`'s format.
     Refreshed {
         claims: Arc<AccessClaims>,
-        access_token: String,
+        access_token: Arc<str>,
         set_cookies: Vec<String>,
     },
     /// Supabase ended the session (`code`): `clear_cookies` delete it.
@@ -103,7 +103,7 @@ impl Supabase {
                     })?;
                 Ok(SessionCheck::Refreshed {
                     claims,
-                    access_token: fresh.access_token,
+                    access_token: fresh.access_token.into(),
                     set_cookies: encode_set_cookies(
                         &self.cookie_name,
                         session_json,
