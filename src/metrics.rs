@@ -36,15 +36,19 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self, worker: usize) {
-        if let Some(open) = self.worker_connections.get().and_then(|w| w.get(worker)) {
+        if let Some(open) = self.open_on(worker) {
             open.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn connection_closed(&self, worker: usize) {
-        if let Some(open) = self.worker_connections.get().and_then(|w| w.get(worker)) {
+        if let Some(open) = self.open_on(worker) {
             open.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    fn open_on(&self, worker: usize) -> Option<&AtomicU64> {
+        self.worker_connections.get()?.get(worker)
     }
 
     pub fn connection_parked(&self) {
@@ -71,19 +75,19 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP chatgate_upstream_errors_total Requests that failed to reach or hear from an instance.\n");
-        out.push_str("# TYPE chatgate_upstream_errors_total counter\n");
-        let _ = writeln!(
-            out,
-            "chatgate_upstream_errors_total {}",
-            self.upstream_errors.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "chatgate_upstream_errors_total",
+            "counter",
+            "Requests that failed to reach or hear from an instance.",
+            self.upstream_errors.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP chatgate_retries_total Requests retried on another instance.\n");
-        out.push_str("# TYPE chatgate_retries_total counter\n");
-        let _ = writeln!(
-            out,
-            "chatgate_retries_total {}",
-            self.retries.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "chatgate_retries_total",
+            "counter",
+            "Requests retried on another instance.",
+            self.retries.load(Ordering::Relaxed),
         );
         out.push_str("# HELP chatgate_upstream_healthy Whether an instance takes traffic.\n");
         out.push_str("# TYPE chatgate_upstream_healthy gauge\n");
@@ -120,16 +124,28 @@ impl Metrics {
                 open.load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP chatgate_connections_parked Idle HTTP/1.1 connections whose buffers are freed until the client speaks again.\n");
-        out.push_str("# TYPE chatgate_connections_parked gauge\n");
-        let _ = writeln!(
-            out,
-            "chatgate_connections_parked {}",
-            self.connections_parked.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "chatgate_connections_parked",
+            "gauge",
+            "Idle HTTP/1.1 connections whose buffers are freed until the client speaks again.",
+            self.connections_parked.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP chatgate_draining Whether shutdown has begun.\n");
-        out.push_str("# TYPE chatgate_draining gauge\n");
-        let _ = writeln!(out, "chatgate_draining {}", u8::from(draining));
+        single(
+            &mut out,
+            "chatgate_draining",
+            "gauge",
+            "Whether shutdown has begun.",
+            u64::from(draining),
+        );
         out
     }
+}
+
+/// A metric family of one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }

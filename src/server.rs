@@ -449,22 +449,12 @@ fn spawn_workers(
             .spawn(move || {
                 runtime.block_on(async move {
                     loop {
-                        let Handed {
-                            stream,
-                            peer,
-                            acceptor,
-                        } = tokio::select! {
+                        tokio::select! {
                             _ = done.cancelled() => return,
                             next = handed.recv() => match next {
-                                Some(next) => next,
+                                Some(next) => listeners.take_over(next),
                                 None => break,
                             },
-                        };
-                        match tokio::net::TcpStream::from_std(stream) {
-                            Ok(stream) => listeners.spawn_connection(stream, peer, acceptor),
-                            Err(error) => {
-                                tracing::warn!(%peer, %error, "worker cannot take a connection")
-                            }
                         }
                     }
                     done.cancelled().await;
@@ -626,15 +616,20 @@ impl Listeners {
             acceptor,
         }) {
             // That worker has stopped (the drain is ending): serve it here.
-            let Handed {
-                stream,
-                peer,
-                acceptor,
-            } = unsent.0;
-            match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => self.spawn_connection(stream, peer, acceptor),
-                Err(error) => tracing::warn!(%peer, %error, "cannot take a connection back"),
-            }
+            self.take_over(unsent.0);
+        }
+    }
+
+    /// Serves a connection handed over from another thread's runtime.
+    fn take_over(&self, handed: Handed) {
+        let Handed {
+            stream,
+            peer,
+            acceptor,
+        } = handed;
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => self.spawn_connection(stream, peer, acceptor),
+            Err(error) => tracing::warn!(%peer, %error, "cannot take a connection over"),
         }
     }
 

@@ -67,21 +67,28 @@ async fn browser_authorize(w: &World, user: &SignedIn, authorization_url: &str) 
     headers["location"].to_str().unwrap().to_owned()
 }
 
+/// openid-client starts the flow, the user's browser goes through chatgate's
+/// authorize endpoint: what openid-client needs to finish it (callback URL,
+/// state, nonce, PKCE verifier, settings).
+async fn authorized(w: &World, user: &SignedIn, use_nonce: bool) -> Value {
+    let mut input = settings(w, use_nonce);
+    let started = node("oidc_client.mjs", "authorize", input.clone()).await;
+    let callback_url =
+        browser_authorize(w, user, started["authorization_url"].as_str().unwrap()).await;
+    input["callback_url"] = json!(callback_url);
+    for key in ["state", "nonce", "code_verifier"] {
+        input[key] = started[key].clone();
+    }
+    input
+}
+
 #[tokio::test]
 async fn openid_client_signs_in_through_chatgate_as_librechat_does() {
     let w = world().await;
     let user = SignedIn::new(&w.supabase, "ada.lovelace@acme.example");
     // Stock LibreChat sends no nonce; with OPENID_GENERATE_NONCE=true it does.
     for use_nonce in [false, true] {
-        let settings = settings(&w, use_nonce);
-        let started = node("oidc_client.mjs", "authorize", settings.clone()).await;
-        let callback_url =
-            browser_authorize(&w, &user, started["authorization_url"].as_str().unwrap()).await;
-        let mut input = settings.clone();
-        input["callback_url"] = json!(callback_url);
-        input["state"] = started["state"].clone();
-        input["nonce"] = started["nonce"].clone();
-        input["code_verifier"] = started["code_verifier"].clone();
+        let input = authorized(&w, &user, use_nonce).await;
         let done = node("oidc_client.mjs", "callback", input).await;
 
         let claims = &done["id_token_claims"];
@@ -104,15 +111,7 @@ async fn openid_client_signs_in_through_chatgate_as_librechat_does() {
 async fn a_code_redeemed_twice_fails_for_openid_client() {
     let w = world().await;
     let user = SignedIn::new(&w.supabase, "ada@acme.example");
-    let settings = settings(&w, false);
-    let started = node("oidc_client.mjs", "authorize", settings.clone()).await;
-    let callback_url =
-        browser_authorize(&w, &user, started["authorization_url"].as_str().unwrap()).await;
-    let mut input = settings.clone();
-    input["callback_url"] = json!(callback_url);
-    input["state"] = started["state"].clone();
-    input["nonce"] = started["nonce"].clone();
-    input["code_verifier"] = started["code_verifier"].clone();
+    let input = authorized(&w, &user, false).await;
     let first = node("oidc_client.mjs", "redeem", input.clone()).await;
     assert_eq!(first["ok"], true, "{first}");
     let second = node("oidc_client.mjs", "redeem", input).await;

@@ -339,13 +339,16 @@ fn assert_sticky(browsers: &[Browser]) -> HashMap<String, usize> {
     per_instance
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_users_stay_on_one_instance_across_two_replicas() {
-    let world = World::start().await;
-    let redis = RedisServer::start();
-    let replicas = world.replicas(&redis.url()).await;
+/// 20 users × 50 GETs over two replicas sharing the store at `store_url`:
+/// every answer for a user comes from one instance, the users spread over
+/// the pool, and `pin` (a `GET` of the user's key in that store) names it.
+async fn twenty_users_stay_on_one_instance(
+    world: &World,
+    store_url: &str,
+    command: impl Fn(&[&str]) -> Resp,
+) -> Vec<Browser> {
+    let replicas = world.replicas(store_url).await;
     all_healthy(&[&replicas[0], &replicas[1]]).await;
-
     let browsers = round(
         world.browsers(0, USERS),
         addrs(&replicas),
@@ -353,7 +356,6 @@ async fn twenty_users_stay_on_one_instance_across_two_replicas() {
         Arc::default(),
     )
     .await;
-
     assert_eq!(total_failures(&browsers), Vec::<String>::new());
     let per_instance = assert_sticky(&browsers);
     assert!(
@@ -362,13 +364,24 @@ async fn twenty_users_stay_on_one_instance_across_two_replicas() {
     );
     for browser in &browsers {
         assert_eq!(browser.answers.len(), 50);
-        let key = format!("chatgate:sticky:{}", browser.user_id());
-        let pin = Resp::text(&redis.command(&["GET", &key])).expect("a pin in Redis");
+        let pin = Resp::text(&command(&["GET", &sticky_key(browser)])).expect("a pin in the store");
         assert_eq!(
             world.id_of_url(&pin),
             browser.instance(),
             "the pin names the instance"
         );
+    }
+    browsers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_users_stay_on_one_instance_across_two_replicas() {
+    let world = World::start().await;
+    let redis = RedisServer::start();
+    let browsers =
+        twenty_users_stay_on_one_instance(&world, &redis.url(), |args| redis.command(args)).await;
+    for browser in &browsers {
+        let key = sticky_key(browser);
         let Resp::Integer(ttl) = redis.command(&["PTTL", &key]) else {
             panic!("PTTL")
         };
@@ -622,27 +635,7 @@ async fn with_every_instance_down_the_answer_is_503_upstream_unavailable_without
 async fn twenty_users_stay_on_one_instance_with_a_three_node_redis_cluster() {
     let world = World::start().await;
     let cluster = RedisCluster::start(3);
-    let replicas = world.replicas(&cluster.url()).await;
-    all_healthy(&[&replicas[0], &replicas[1]]).await;
-
-    let browsers = round(
-        world.browsers(0, USERS),
-        addrs(&replicas),
-        50,
-        Arc::default(),
-    )
-    .await;
-
-    assert_eq!(total_failures(&browsers), Vec::<String>::new());
-    let per_instance = assert_sticky(&browsers);
-    assert!(
-        per_instance.len() > 1,
-        "users spread over the pool: {per_instance:?}"
-    );
-    for browser in &browsers {
-        let pin = Resp::text(&cluster.command(&["GET", &sticky_key(browser)])).expect("a pin");
-        assert_eq!(world.id_of_url(&pin), browser.instance());
-    }
+    twenty_users_stay_on_one_instance(&world, &cluster.url(), |args| cluster.command(args)).await;
     let counts = cluster.key_counts();
     assert!(
         counts.iter().all(|&n| n > 0),

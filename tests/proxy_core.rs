@@ -518,6 +518,31 @@ async fn parked(gate: &Gate) -> u64 {
         .unwrap()
 }
 
+/// A raw HTTP/1.1 TLS connection that has been answered once and is now
+/// the one parked connection.
+async fn parked_raw_connection(gate: &Gate) -> client::TlsStream {
+    let mut raw = client::tls_connect(gate.addr(), b"http/1.1").await.unwrap();
+    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.ends_with(b"\r\n\r\nok") {
+        let n = raw.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed early: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    eventually("the connection is parked", || async {
+        parked(gate).await == 1
+    })
+    .await;
+    raw
+}
+
 #[tokio::test]
 async fn an_idle_http1_connection_is_parked_and_serves_again_but_a_stream_is_never_parked() {
     let upstream = StandInLibreChat::start("lc-1").await;
@@ -570,32 +595,14 @@ async fn an_idle_http1_connection_is_parked_and_serves_again_but_a_stream_is_nev
     drop(client);
 
     // A pipelined pair sent to a parked connection is answered in order.
-    let mut raw = client::tls_connect(gate.addr(), b"http/1.1").await.unwrap();
-    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !received.ends_with(b"\r\n\r\nok") {
-        let n = raw.read(&mut buf).await.unwrap();
-        assert!(
-            n > 0,
-            "closed early: {}",
-            String::from_utf8_lossy(&received)
-        );
-        received.extend_from_slice(&buf[..n]);
-    }
-    eventually("the raw connection is parked", || async {
-        parked(&gate).await == 1
-    })
-    .await;
+    let mut raw = parked_raw_connection(&gate).await;
     raw.write_all(
         b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
           GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
-    received.clear();
+    let mut received = Vec::new();
     raw.read_to_end(&mut received).await.unwrap();
     let text = String::from_utf8_lossy(&received);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
@@ -607,25 +614,8 @@ async fn the_drain_closes_a_parked_connection_cleanly() {
     let upstream = StandInLibreChat::start("lc-1").await;
     let supabase = StandInSupabase::start(SigningKind::Hs256).await;
     let gate = Gate::start(config(&[&upstream], &supabase)).await;
-    let mut raw = client::tls_connect(gate.addr(), b"http/1.1").await.unwrap();
-    raw.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !received.ends_with(b"\r\n\r\nok") {
-        let n = raw.read(&mut buf).await.unwrap();
-        assert!(
-            n > 0,
-            "closed early: {}",
-            String::from_utf8_lossy(&received)
-        );
-        received.extend_from_slice(&buf[..n]);
-    }
-    eventually("the connection is parked", || async {
-        parked(&gate).await == 1
-    })
-    .await;
+    let mut raw = parked_raw_connection(&gate).await;
+    let mut buf = [0u8; 64];
 
     let Gate { running, .. } = gate;
     running.shutdown();
