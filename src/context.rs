@@ -64,6 +64,23 @@ pub struct RequestContext {
     /// `Set-Cookie` values chatgate adds to whatever response goes out
     /// (a refreshed or cleared Supabase session).
     pub set_cookies: Vec<String>,
+    /// A chat request's body as the policy phase read it (SPEC section 10);
+    /// usage metering (section 11) attributes the answer's stream with it.
+    pub chat: Option<ChatRequest>,
+}
+
+/// What a chat request (`POST /api/agents/chat[/…]`, `/api/ask|edit/…`,
+/// `/api/assistants/v1|v2/chat`) asked for, read from its JSON body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatRequest {
+    /// `body.endpoint` (LibreChat's endpoint name; the body wins over the path).
+    pub endpoint: Option<String>,
+    /// `body.model`.
+    pub model: Option<String>,
+    /// `body.conversationId`; `None` for a new chat (`null` or `"new"`).
+    pub conversation_id: Option<String>,
+    /// `body.agent_id`, a saved agent.
+    pub agent_id: Option<String>,
 }
 
 impl RequestContext {
@@ -80,6 +97,7 @@ impl RequestContext {
             upstream: None,
             attempts: 0,
             set_cookies: Vec::new(),
+            chat: None,
         }
     }
 
