@@ -13,6 +13,8 @@ use crate::error::ProxyError;
 use crate::librechat::oidc::OidcProvider;
 use crate::librechat::token::TokenIssuer;
 use crate::metrics::Metrics;
+use crate::policy::quota::QuotaReader;
+use crate::policy::specs::SpecCache;
 use crate::store::{self, Store};
 use crate::supabase::Supabase;
 use crate::upstream::sticky::StickyPins;
@@ -66,6 +68,10 @@ pub struct App {
     /// Upgraded connections (WebSocket) live outside hyper's connection
     /// tasks; shutdown waits for them here.
     pub tunnels: TaskTracker,
+    /// The organizations' month counters behind `max_tokens` (SPEC 10).
+    pub quota: QuotaReader,
+    /// The pool's model specs, for chats that name one (SPEC 10).
+    pub model_specs: SpecCache,
     draining: AtomicBool,
 }
 
@@ -90,6 +96,8 @@ impl App {
         let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
         let frame_ancestors_header = http::HeaderValue::from_str(&frame_ancestors)
             .map_err(|_| "iframe.allowed_origins: not usable in a header".to_owned())?;
+        let quota = QuotaReader::new(store.clone());
+        let model_specs = SpecCache::new(config.supabase.tenant_cache_ttl);
         Ok(Self {
             frame_ancestors_header,
             config,
@@ -103,6 +111,8 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             background: CancellationToken::new(),
             tunnels: TaskTracker::new(),
+            quota,
+            model_specs,
             draining: AtomicBool::new(false),
         })
     }

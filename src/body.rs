@@ -18,6 +18,88 @@ use crate::error::BoxError;
 /// chatgate's own small answers.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A client's request body on its way upstream: streamed as it arrives, or
+/// already read whole by a phase that had to look at it (the policy's chat
+/// and agent checks).
+#[derive(Debug)]
+pub enum RequestBody {
+    Streaming(hyper::body::Incoming),
+    Read(Bytes),
+}
+
+impl RequestBody {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            RequestBody::Streaming(incoming) => incoming.is_end_stream(),
+            RequestBody::Read(bytes) => bytes.is_empty(),
+        }
+    }
+
+    /// The body for the upstream request; a streamed one ends after
+    /// `idle` without a frame.
+    pub fn into_upstream(self, idle: Duration) -> ProxyBody {
+        match self {
+            RequestBody::Streaming(incoming) => with_idle_timeout(incoming, idle, ()),
+            RequestBody::Read(bytes) => full(bytes),
+        }
+    }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    Failed(String),
+}
+
+/// Reads a client's body whole, refusing it once it passes `limit` bytes
+/// (nothing beyond the limit is buffered), within `timeout`.
+pub async fn read_whole(
+    body: hyper::body::Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ReadBodyError> {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(ReadBodyError::Failed(
+            "the client sent its body too slowly".to_owned(),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(read_error(&*error, limit)),
+    }
+}
+
+/// Reads a streamed body whole, up to `limit` bytes (a frame-by-frame
+/// loop: `Limited` over a boxed body trips a higher-ranked lifetime bound
+/// inside hyper's service future).
+pub async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, ReadBodyError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadBodyError::Failed(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ReadBodyError::TooLarge(limit));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+fn read_error(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    limit: usize,
+) -> ReadBodyError {
+    if error.is::<http_body_util::LengthLimitError>() {
+        ReadBodyError::TooLarge(limit)
+    } else {
+        ReadBodyError::Failed(error.to_string())
+    }
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})

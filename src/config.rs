@@ -128,6 +128,8 @@ pub struct LibreChatConfig {
     pub jwt_secret: Option<Secret>,
     /// Lifetime of a minted chatgate token.
     pub token_ttl: Duration,
+    /// Send `X-Tenant-Id: <organization id>` on every forwarded request.
+    pub tenant_header: bool,
 }
 
 /// `librechat.auth_mode`.
@@ -150,6 +152,8 @@ pub struct OidcConfig {
     pub signing_key: PathBuf,
     /// Base URL (path "/") LibreChat's server uses; `None` = `server.public_url`.
     pub internal_url: Option<Url>,
+    /// Dashboard roles (`profiles.role`) that become LibreChat ADMIN.
+    pub admin_roles: Vec<String>,
 }
 
 /// `[iframe]`: embedding chatgate in the dashboard.
@@ -832,6 +836,7 @@ impl Check<'_> {
             auth_mode,
             jwt_secret,
             token_ttl: self.positive_duration("librechat.token_ttl", &raw.token_ttl)?,
+            tenant_header: raw.tenant_header,
         })
     }
 
@@ -846,6 +851,12 @@ impl Check<'_> {
             internal_url: non_empty(&raw.internal_url)
                 .map(|text| self.base_url("oidc.internal_url", text))
                 .transpose()?,
+            admin_roles: raw
+                .admin_roles
+                .iter()
+                .map(|role| role.trim().to_owned())
+                .filter(|role| !role.is_empty())
+                .collect(),
         })
     }
 
@@ -1154,12 +1165,14 @@ mod tests {
         auth_mode = "jwt"
         jwt_secret = "librechat-jwt-secret-0123456789abcdef"
         token_ttl = "2h"
+        tenant_header = false
 
         [oidc]
         client_id = "lc"
         client_secret = "oidc-client-secret-0123456789abcdef"
         signing_key = "keys/oidc.pem"
         internal_url = "http://chatgate:8080"
+        admin_roles = ["owner", " staff", ""]
 
         [iframe]
         allowed_origins = ["https://dash.example.com/", "https://APP.example.com:8443", "https://dash.example.com:443"]
@@ -1221,12 +1234,14 @@ mod tests {
                 auth_mode: AuthMode::Jwt,
                 jwt_secret: Some(Secret::new(LIBRECHAT_SECRET)),
                 token_ttl: secs(2 * 3600),
+                tenant_header: false,
             },
             oidc: OidcConfig {
                 client_id: "lc".into(),
                 client_secret: Some(Secret::new(CLIENT_SECRET)),
                 signing_key: PathBuf::from("/etc/chatgate/keys/oidc.pem"),
                 internal_url: Some(url("http://chatgate:8080")),
+                admin_roles: vec!["owner".into(), "staff".into()],
             },
             iframe: IframeConfig {
                 // Normalized to origins: no trailing slash, lower-case host,
@@ -1313,6 +1328,7 @@ mod tests {
         assert_eq!(librechat.auth_mode, AuthMode::Oidc);
         assert_eq!(librechat.jwt_secret, None);
         assert_eq!(librechat.token_ttl, secs(24 * 3600));
+        assert!(librechat.tenant_header);
 
         assert_eq!(config.oidc.client_id, "librechat");
         assert_eq!(config.oidc.client_secret, None);
@@ -1321,6 +1337,7 @@ mod tests {
             PathBuf::from("certs/oidc-signing.pem")
         );
         assert_eq!(config.oidc.internal_url, None);
+        assert_eq!(config.oidc.admin_roles, vec!["super_admin".to_owned()]);
 
         assert!(config.iframe.allowed_origins.is_empty());
         assert!(!config.iframe.cross_site);

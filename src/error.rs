@@ -17,6 +17,19 @@ pub enum ProxyError {
     NoOrganization,
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A body chatgate must read (a chat, an agent) that it cannot read.
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("the request body is larger than the {limit} bytes chatgate checks")]
+    PayloadTooLarge { limit: usize },
+    /// SPEC section 10: an endpoint, model, spec or agent the organization does not allow.
+    #[error("{0}")]
+    ModelNotAllowed(String),
+    /// SPEC section 10: a feature, MCP server or file search that is off.
+    #[error("{0}")]
+    FeatureDisabled(String),
+    #[error("your organization has used its {max_tokens} tokens for this month")]
+    QuotaExceeded { max_tokens: u64, retry_after: u64 },
     #[error("request headers are larger than the {limit} bytes allowed")]
     HeadersTooLarge { limit: usize },
     #[error("no route for this request")]
@@ -47,8 +60,13 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::NoOrganization => StatusCode::FORBIDDEN,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_)
+            | Self::NoOrganization
+            | Self::ModelNotAllowed(_)
+            | Self::FeatureDisabled(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::UpstreamConnect(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
@@ -66,7 +84,13 @@ impl ProxyError {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::NoOrganization => "no_organization",
-            Self::BadRequest(_) | Self::HeadersTooLarge { .. } => "bad_request",
+            Self::BadRequest(_) | Self::InvalidBody(_) | Self::HeadersTooLarge { .. } => {
+                "bad_request"
+            }
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::FeatureDisabled(_) => "feature_disabled",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::NotFound => "not_found",
             Self::NoHealthyUpstream
             | Self::UpstreamConnect(_)
@@ -94,6 +118,10 @@ impl ProxyError {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return response;
         }
+        let retry_after = match self {
+            Self::QuotaExceeded { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
         let body = serde_json::json!({
             "error": self.code(),
             "message": self.to_string(),
@@ -107,7 +135,22 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
+    }
+
+    /// A refusal the organization's policy made (logged as such, not as a failure).
+    pub fn is_policy_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::ModelNotAllowed(_)
+                | Self::FeatureDisabled(_)
+                | Self::QuotaExceeded { .. }
+                | Self::PayloadTooLarge { .. }
+                | Self::InvalidBody(_)
+        )
     }
 }
 
@@ -140,6 +183,17 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_refusal_says_when_to_retry() {
+        let response = ProxyError::QuotaExceeded {
+            max_tokens: 10,
+            retry_after: 3600,
+        }
+        .into_response("r");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3600");
+    }
+
+    #[test]
     fn each_spec_code_has_its_status() {
         let cases = [
             (ProxyError::Unauthenticated, 401, "unauthenticated"),
@@ -148,6 +202,30 @@ mod tests {
             (ProxyError::BadRequest("bad"), 400, "bad_request"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
             (ProxyError::Draining, 503, "upstream_unavailable"),
+            (
+                ProxyError::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+            ),
+            (
+                ProxyError::ModelNotAllowed("m".into()),
+                403,
+                "model_not_allowed",
+            ),
+            (
+                ProxyError::FeatureDisabled("f".into()),
+                403,
+                "feature_disabled",
+            ),
+            (ProxyError::InvalidBody("b".into()), 400, "bad_request"),
+            (
+                ProxyError::QuotaExceeded {
+                    max_tokens: 1,
+                    retry_after: 5,
+                },
+                429,
+                "quota_exceeded",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

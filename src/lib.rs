@@ -40,6 +40,7 @@ pub mod http_client;
 pub mod librechat;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -6,9 +6,11 @@
 //!    `routes::answer`   — chatgate's own routes (seed API, OpenID provider)
 //! 3. `identify`         — who is asking; fails closed
 //!    `user_switch`      — LibreChat's session belongs to that user
+//!    `policy::apply`    — what the user's organization allows (SPEC 10)
 //! 4. `rewrite_request`  — the headers and URI LibreChat receives
 //! 5. `forward`          — pick an instance, send, retry once when safe
-//! 6. `rewrite_response` — the headers the browser receives
+//! 6. `rewrite_response` — the headers the browser receives; lists narrowed
+//!    to the organization's policy
 //! 7. `log`              — one access-log line
 
 pub mod forward;
@@ -30,6 +32,7 @@ use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
 use crate::librechat::routes;
 use crate::librechat::user_switch;
+use crate::policy;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -84,10 +87,13 @@ async fn phases(
     let mut request = request;
     let identity = identify::identify(app, ctx, line, request.headers()).await?;
     user_switch::check(ctx, line, &identity, request.headers_mut())?;
+    let (request, filter) = policy::apply(app, ctx, &identity, request).await?;
     let upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
     ctx.identity = Some(identity);
     let response = forward::forward(app, ctx, upstream_request).await?;
-    Ok(rewrite_response::rewrite(app, ctx, response))
+    filter
+        .apply(rewrite_response::rewrite(app, ctx, response))
+        .await
 }
 
 /// The answer to a request chatgate refuses. An unauthenticated page load

@@ -152,6 +152,8 @@ pub struct LibreChat {
     pub jwt_secret: String,
     /// Lifetime of a minted chatgate token, e.g. "24h".
     pub token_ttl: String,
+    /// Send `X-Tenant-Id: <organization id>` upstream.
+    pub tenant_header: bool,
 }
 
 impl Default for LibreChat {
@@ -163,6 +165,7 @@ impl Default for LibreChat {
             auth_mode: "oidc".into(),
             jwt_secret: String::new(),
             token_ttl: "24h".into(),
+            tenant_header: true,
         }
     }
 }
@@ -179,6 +182,8 @@ pub struct Oidc {
     pub signing_key: String,
     /// Base URL LibreChat's server uses for token/jwks/userinfo; "" = public_url.
     pub internal_url: String,
+    /// Dashboard roles given LibreChat's ADMIN (`roles: ["admin"]`).
+    pub admin_roles: Vec<String>,
 }
 
 impl Default for Oidc {
@@ -188,6 +193,7 @@ impl Default for Oidc {
             client_secret: String::new(),
             signing_key: "certs/oidc-signing.pem".into(),
             internal_url: String::new(),
+            admin_roles: vec!["super_admin".into()],
         }
     }
 }

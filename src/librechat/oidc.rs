@@ -75,6 +75,8 @@ pub struct OidcProvider {
     decoding: DecodingKey,
     kid: String,
     jwks: Value,
+    /// `oidc.admin_roles`.
+    admin_roles: Vec<String>,
 }
 
 impl std::fmt::Debug for OidcProvider {
@@ -140,7 +142,19 @@ impl OidcProvider {
             decoding,
             kid,
             jwks,
+            admin_roles: config.oidc.admin_roles.clone(),
         })
+    }
+
+    /// SPEC section 7: `["admin"]` for a dashboard role listed in
+    /// `oidc.admin_roles` (LibreChat's ADMIN is instance-wide: platform
+    /// staff only), `["user"]` for everyone else, organization admins too.
+    pub fn roles_for(&self, dashboard_role: &str) -> Value {
+        if self.admin_roles.iter().any(|r| r == dashboard_role) {
+            json!(["admin"])
+        } else {
+            json!(["user"])
+        }
     }
 
     /// The discovery document. Browser-facing endpoints use `public_url`;
@@ -164,7 +178,7 @@ impl OidcProvider {
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "claims_supported": ["sub", "email", "email_verified", "name", "preferred_username",
-                                 "picture", "role", "organization", "nonce", "auth_time"],
+                                 "picture", "role", "roles", "organization", "nonce", "auth_time"],
         })
     }
 
@@ -242,6 +256,7 @@ impl OidcProvider {
             "role": user.role,
             "provider": user.provider,
             "organization": user.organization,
+            "roles": self.roles_for(&user.role),
         });
         if let (true, Some(nonce)) = (with_nonce, &grant.nonce) {
             claims["nonce"] = Value::String(nonce.clone());

@@ -377,6 +377,7 @@ fn userinfo(app: &App, headers: &HeaderMap) -> Result<Response<ProxyBody>, Proxy
         "role",
         "provider",
         "organization",
+        "roles",
     ];
     let info: serde_json::Map<String, Value> = claims
         .as_object()

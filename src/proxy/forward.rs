@@ -116,7 +116,7 @@ fn build(
         std::mem::take(&mut request.headers)
     };
     let body = match request.body.take() {
-        Some(incoming) => body::with_idle_timeout(incoming, BODY_IDLE_TIMEOUT, ()),
+        Some(client_body) => client_body.into_upstream(BODY_IDLE_TIMEOUT),
         None => body::empty(),
     };
     let mut outgoing = Request::new(body);

@@ -79,13 +79,13 @@ impl Identity {
         let org = c.organization;
         let profile = Profile {
             role: Some(c.role),
-            organization: Some(Organization {
-                id: org.id,
-                name: org.name,
-                domain: org.domain,
-                plan_type: org.plan_type,
-                librechat_config: org.librechat_config,
-            }),
+            organization: Some(Organization::new(
+                org.id,
+                org.name,
+                org.domain,
+                org.plan_type,
+                org.librechat_config,
+            )),
         };
         Self {
             claims: Arc::new(claims),

@@ -24,7 +24,9 @@ pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B
 
 pub fn error(ctx: &RequestContext, error: &ProxyError) {
     let chain = crate::error::error_chain(error);
-    if error.status().is_server_error() {
+    if error.is_policy_refusal() {
+        tracing::info!(request_id = ctx.request_id_str(), code = error.code(), reason = %chain, "refused by the organization's policy");
+    } else if error.status().is_server_error() {
         tracing::warn!(request_id = ctx.request_id_str(), error = %chain, "request failed");
     } else {
         tracing::debug!(request_id = ctx.request_id_str(), error = %chain, "request refused");

@@ -9,11 +9,11 @@ use bytes::BytesMut;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use super::identify::Identity;
 use crate::app::App;
+use crate::body::RequestBody;
 use crate::config::AuthMode;
 use crate::context::RequestContext;
 use crate::error::ProxyError;
@@ -27,7 +27,7 @@ pub struct UpstreamRequest {
     pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     /// `None` when the client sent no body: such a request can be re-sent.
-    pub body: Option<Incoming>,
+    pub body: Option<RequestBody>,
     /// The client side of a protocol upgrade (WebSocket), when one was asked.
     pub upgrade: Option<OnUpgrade>,
 }
@@ -55,6 +55,8 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_CHATGATE_USER_ID: HeaderName = HeaderName::from_static("x-chatgate-user-id");
 static X_CHATGATE_ORG_ID: HeaderName = HeaderName::from_static("x-chatgate-org-id");
 static X_CHATGATE_ROLE: HeaderName = HeaderName::from_static("x-chatgate-role");
+/// LibreChat's multi-tenancy header (SPEC sections 7 and 8).
+pub static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 
 /// Header prefixes only chatgate may send upstream (SPEC section 8).
 const RESERVED_PREFIXES: [&str; 3] = ["x-chatgate-", "x-user-", "x-organization-"];
@@ -63,16 +65,12 @@ pub fn rewrite(
     app: &App,
     ctx: &RequestContext,
     identity: &Identity,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<UpstreamRequest, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let upgrade = take_upgrade(&mut parts);
     let path_and_query = rewrite_head(app, ctx, identity, &mut parts, upgrade.is_some())?;
-    let body = if http_body::Body::is_end_stream(&body) {
-        None
-    } else {
-        Some(body)
-    };
+    let body = (!body.is_empty()).then_some(body);
     Ok(UpstreamRequest {
         method: parts.method,
         path_and_query,
@@ -105,12 +103,19 @@ pub fn rewrite_head(
     // The upstream's own authority goes in the URI; hyper writes `Host` from it.
     headers.remove(header::HOST);
     remove_prefixed(headers, &RESERVED_PREFIXES);
+    // Only chatgate names the tenant; a client's own never survives.
+    headers.remove(&X_TENANT_ID);
 
     let peer = ctx.conn.peer.ip();
     let trusted = is_trusted(app, peer);
     set_forwarding_headers(headers, trusted, peer, ctx.conn.tls, host);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     set_identity_headers(headers, identity);
+    if app.config.librechat.tenant_header {
+        if let Ok(id) = HeaderValue::from_str(&identity.organization().id) {
+            headers.insert(X_TENANT_ID.clone(), id);
+        }
+    }
     strip_session_cookies(headers, &app.supabase.cookie_name);
     if app.config.librechat.auth_mode == AuthMode::Jwt {
         // jwt mode: LibreChat trusts chatgate's token, never the client's bearer.

@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::http_client::{self, HttpClient};
+use crate::policy::config::LibreChatConfig;
 use crate::store::Store;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,19 +26,66 @@ pub struct Profile {
     pub organization: Option<Organization>,
 }
 
-/// An organization (the seed's `organizations` row).
+/// An organization (the seed's `organizations` row), with its
+/// `librechat_config` also read once into the policy's typed form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "OrganizationRow")]
 pub struct Organization {
-    #[serde(deserialize_with = "string_or_number")]
     pub id: String,
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub domain: String,
-    #[serde(default)]
     pub plan_type: Option<String>,
-    #[serde(default)]
     pub librechat_config: Option<serde_json::Value>,
+    /// `librechat_config` as the policy phase reads it (SPEC section 10).
+    #[serde(skip_serializing)]
+    pub policy: Arc<LibreChatConfig>,
+}
+
+impl Organization {
+    pub fn new(
+        id: String,
+        name: String,
+        domain: String,
+        plan_type: Option<String>,
+        librechat_config: Option<serde_json::Value>,
+    ) -> Self {
+        let policy = LibreChatConfig::from_json(librechat_config.as_ref());
+        Self {
+            id,
+            name,
+            domain,
+            plan_type,
+            librechat_config,
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+/// The row as PostgREST (or the store's copy) shapes it.
+#[derive(Deserialize)]
+struct OrganizationRow {
+    #[serde(deserialize_with = "string_or_number")]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    plan_type: Option<String>,
+    #[serde(default)]
+    librechat_config: Option<serde_json::Value>,
+}
+
+impl From<OrganizationRow> for Organization {
+    fn from(row: OrganizationRow) -> Self {
+        Organization::new(
+            row.id,
+            row.name,
+            row.domain,
+            row.plan_type,
+            row.librechat_config,
+        )
+    }
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -179,8 +227,18 @@ impl TenantLookup {
         .await
         .map_err(|e| TenantError::Unavailable(e.to_string()))?;
         match answer.status {
-            StatusCode::OK => serde_json::from_slice(&answer.body)
-                .map_err(|e| TenantError::Unavailable(format!("unexpected profile shape: {e}"))),
+            StatusCode::OK => {
+                let profile: Profile = serde_json::from_slice(&answer.body).map_err(|e| {
+                    TenantError::Unavailable(format!("unexpected profile shape: {e}"))
+                })?;
+                if let Some(org) = profile.organization.as_ref() {
+                    if !org.policy.problems.is_empty() {
+                        tracing::warn!(organization = %org.id, problems = ?org.policy.problems,
+                            "librechat_config is not in the expected shape; read as stated");
+                    }
+                }
+                Ok(profile)
+            }
             // PGRST116: no row, or RLS hides it: no profile.
             StatusCode::NOT_ACCEPTABLE => Ok(Profile {
                 role: None,
