@@ -32,8 +32,11 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
   python3 -m pip install --quiet pyyaml
 fi
 
-# JavaScript helpers used by interop tests (the real @supabase/ssr package).
-if [ -f tests/js/package.json ] && [ ! -d tests/js/node_modules ]; then
+# JavaScript helpers used by interop tests: the real @supabase/ssr, openid-client and
+# librechat-data-provider (LibreChat's own chat payload builder) packages.
+# Reinstalled when package-lock.json changed since the last install (a new pinned package).
+if [ -f tests/js/package.json ] && { [ ! -f tests/js/node_modules/.package-lock.json ] ||
+   [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; }; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 # playwright-core, which drives Chromium for the browser test (it downloads no browser).

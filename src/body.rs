@@ -56,20 +56,58 @@ pub enum ReadBodyError {
 }
 
 /// Reads a client's body whole, refusing it once it passes `limit` bytes
-/// (nothing beyond the limit is buffered), within `timeout`.
+/// (nothing beyond the limit is buffered), within `timeout`. A refused
+/// body is read on and dropped in the background (see [`discard`]).
 pub async fn read_whole(
-    body: hyper::body::Incoming,
+    mut body: hyper::body::Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ReadBodyError> {
-    let read = http_body_util::Limited::new(body, limit).collect();
+    let mut out = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ReadBodyError::Failed(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(ReadBodyError::TooLarge(limit));
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
     match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(ReadBodyError::Failed(
             "the client sent its body too slowly".to_owned(),
         )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) => Err(read_error(&*error, limit)),
+        Ok(Ok(())) => Ok(out.freeze()),
+        Ok(Err(error)) => {
+            if matches!(error, ReadBodyError::TooLarge(_)) {
+                discard(body);
+            }
+            Err(error)
+        }
     }
+}
+
+/// Reads and drops what is left of a refused body, for a bounded time and
+/// size, so the client, still sending, receives the refusal instead of a
+/// reset connection (nginx's lingering close).
+pub fn discard(mut body: hyper::body::Incoming) {
+    const MAX_DISCARD: usize = 64 * 1024 * 1024;
+    const MAX_TIME: Duration = Duration::from_secs(10);
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > MAX_DISCARD {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(MAX_TIME, drain).await;
+    });
 }
 
 /// Reads a streamed body whole, up to `limit` bytes (a frame-by-frame
@@ -87,17 +125,6 @@ pub async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes,
         }
     }
     Ok(out.freeze())
-}
-
-fn read_error(
-    error: &(dyn std::error::Error + Send + Sync + 'static),
-    limit: usize,
-) -> ReadBodyError {
-    if error.is::<http_body_util::LengthLimitError>() {
-        ReadBodyError::TooLarge(limit)
-    } else {
-        ReadBodyError::Failed(error.to_string())
-    }
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {

@@ -166,6 +166,7 @@ async fn read(parts: &http::request::Parts, body: RequestBody) -> Result<Bytes, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        body::discard(incoming);
         return Err(ProxyError::PayloadTooLarge { limit: MAX_BODY });
     }
     body::read_whole(incoming, MAX_BODY, READ_TIMEOUT)

@@ -99,11 +99,39 @@ async fn openid_client_signs_in_through_chatgate_as_librechat_does() {
         assert_eq!(claims["email_verified"], true);
         assert_eq!(claims["preferred_username"], "ada.lovelace");
         assert_eq!(claims["organization"]["domain"], "acme.example");
+        // A member is a LibreChat user, never its (instance-wide) ADMIN.
+        assert_eq!(claims["roles"], json!(["user"]));
+        assert_eq!(done["userinfo"]["roles"], json!(["user"]));
         assert_eq!(claims.get("nonce").is_some(), use_nonce, "{claims}");
         assert_eq!(done["userinfo"]["sub"], user.session.user_id());
         assert_eq!(done["userinfo"]["name"], "ada.lovelace");
         assert!(done["refreshed"]["refresh_token"].as_str().is_some());
         assert_eq!(done["old_refresh_reuse_error"], "invalid_grant");
+    }
+}
+
+#[tokio::test]
+async fn only_platform_staff_become_librechat_admins() {
+    let w = world().await;
+    for (role, roles) in [
+        ("super_admin", json!(["admin"])),
+        ("admin", json!(["user"])),
+    ] {
+        let user = SignedIn::new(&w.supabase, &format!("{role}@acme.example"));
+        w.supabase.set_profile(
+            user.session.user_id(),
+            role,
+            Some(support::chatgate::acme()),
+        );
+        let input = authorized(&w, &user, false).await;
+        let done = node("oidc_client.mjs", "callback", input).await;
+        assert_eq!(done["id_token_claims"]["roles"], roles, "{role}");
+        assert_eq!(done["userinfo"]["roles"], roles, "{role}");
+        assert_eq!(
+            done["id_token_claims"]["organization"]["id"],
+            support::chatgate::acme()["id"]
+        );
+        assert_eq!(done["id_token_claims"]["organization"]["name"], "Acme");
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
-use support::chatgate::{eventually, Gate, GateConfig, SignedIn};
+use support::chatgate::{acme, eventually, Gate, GateConfig, SignedIn};
 use support::client::{self, Alpn, TestClient};
 use support::librechat::StandInLibreChat;
 use support::supabase::{SigningKind, StandInSupabase};
@@ -152,6 +152,9 @@ async fn identity_headers_come_from_chatgate_alone() {
         ("x-user-email", "evil@example.com"),
         ("X-Organization-Id", "evil"),
         ("x-organization-domain", "evil.example"),
+        ("x-tenant-id", "evil-tenant"),
+        ("X-Tenant-Id", "evil-tenant-2"),
+        ("X-TENANT-ID", "evil-tenant-3"),
     ];
     for alpn in [Alpn::H1, Alpn::H2] {
         let mut headers = vec![user.header()];
@@ -175,6 +178,11 @@ async fn identity_headers_come_from_chatgate_alone() {
             );
         }
         assert!(echoed(&body, "x-user-id").is_empty());
+        // LibreChat's tenant is the user's organization, named by chatgate alone.
+        assert_eq!(
+            echoed(&body, "x-tenant-id"),
+            [acme()["id"].as_str().unwrap()]
+        );
     }
     // An obs-folded header cannot smuggle an identity line (hyper refuses it).
     let raw = format!(

@@ -245,6 +245,14 @@ async fn handle(
 
     let query = req.uri().query().unwrap_or("").to_owned();
     let app_at_root = state.app_at_root.load(Ordering::Relaxed) && is_page_load(&req);
+    if let Some(answer) =
+        super::librechat_lists::answer(req.method(), req.uri().path(), req.headers())
+    {
+        let mut res = answer.map(full);
+        res.headers_mut()
+            .insert("x-instance", state.id_header.clone());
+        return Ok(res);
+    }
     let mut res = match req.uri().path() {
         "/health" => text(StatusCode::OK, "OK"),
         "/" if app_at_root => app_page(&state),

@@ -6,6 +6,7 @@ pub mod chatgate;
 pub mod client;
 pub mod dashboard;
 pub mod librechat;
+pub mod librechat_lists;
 pub mod redis;
 pub mod ssr;
 pub mod supabase;
