@@ -1,13 +1,14 @@
 //! The stand-in Supabase of the integration tests (`tests/support/supabase.rs`),
 //! run as a process for `scripts/bench.sh`: GoTrue refresh and PostgREST
-//! profiles on 127.0.0.1, one signed-in user of one organization.
+//! profiles on 127.0.0.1, one signed-in user of an organization without a
+//! policy, and one of an organization with a restrictive policy.
 //!
 //! ```text
 //! cargo run --release --example bench_supabase -- [--refresh-delay-ms 100]
 //! ```
 //!
 //! Prints one JSON line on stdout, then serves until killed:
-//! `{"url", "anon_key", "jwt_secret", "cookie_name", "cookie", "expired_cookie", "control"}`.
+//! `{"url", "anon_key", "jwt_secret", "cookie_name", "cookie", "policy_cookie", "expired_cookie", "control"}`.
 //! `cookie` is the `Cookie` header value of a valid session (as `@supabase/ssr`
 //! writes it: `base64-…`, chunked); `expired_cookie` carries an access token
 //! that expired two minutes ago (a refresh storm). `control` is a second
@@ -34,6 +35,7 @@ use supabase::{Route, SigningKind, StandInSupabase};
 use tokio::net::TcpListener;
 
 const EMAIL: &str = "bench@acme.example";
+const POLICY_EMAIL: &str = "bench@globex.example";
 const COOKIE_NAME: &str = "sb-127-auth-token";
 
 #[tokio::main]
@@ -70,6 +72,29 @@ async fn main() {
         })),
     );
 
+    // A second user, of an organization with a restrictive policy (SPEC
+    // section 10), for the policy's cost on chat requests.
+    let policy_session = supabase.sign_in(POLICY_EMAIL, Duration::from_secs(3600 * 24));
+    supabase.set_profile(
+        policy_session.user_id(),
+        "member",
+        Some(json!({
+            "id": "9e2d8d7f-0000-4000-8000-0000000globx",
+            "name": "Globex",
+            "domain": "globex.example",
+            "plan_type": "enterprise",
+            "librechat_config": {
+                "allowed_endpoints": ["openAI", "anthropic", "agents"],
+                "enabled_models": ["gpt-4o", "gpt-4", "claude-3-5", "o1*"],
+                "mcp_servers": ["github"],
+                "knowledge_bases": ["handbook"],
+                "custom_instructions": "You work for Globex. Answer in the user's language.",
+                "max_tokens": 1000000000,
+                "features": {"code_interpreter": false, "image_generation": false, "voice_chat": false}
+            }
+        })),
+    );
+
     let control = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .expect("bind control port");
@@ -80,6 +105,7 @@ async fn main() {
         "jwt_secret": supabase.jwt_secret(),
         "cookie_name": COOKIE_NAME,
         "cookie": cookie_header(&session.to_json()),
+        "policy_cookie": cookie_header(&policy_session.to_json()),
         "expired_cookie": expired_cookie(&supabase),
         "control": control_url,
     });

@@ -17,7 +17,9 @@
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_DURATION seconds per load run
 # (8), BENCH_IDLE_CONNS (10000), BENCH_IDLE_SETTLE seconds idle before the
 # RSS is read (5), BENCH_STORM requests (200), BENCH_SSE_EVENTS per stream
-# (200, 10 ms apart). BENCH_HOLD=1 starts everything, prints the
+# (200, 10 ms apart). Each round also times a 1 KiB chat POST and a GET
+# through chatgate for a user without a policy and one with a restrictive
+# policy. BENCH_HOLD=1 starts everything, prints the
 # addresses and the cookie (for wrk, perf, valgrind by hand) and waits for
 # Ctrl-C instead of measuring.
 set -euo pipefail
@@ -203,6 +205,7 @@ supabase_url=$(json_field url "$work/supabase.log")
 anon_key=$(json_field anon_key "$work/supabase.log")
 jwt_secret=$(json_field jwt_secret "$work/supabase.log")
 cookie=$(json_field cookie "$work/supabase.log")
+policy_cookie=$(json_field policy_cookie "$work/supabase.log")
 control=$(json_field control "$work/supabase.log")
 [ -n "$cookie" ] || { echo "bench.sh: the stand-in Supabase did not start" >&2; cat "$work/supabase.log" >&2; exit 1; }
 
@@ -288,6 +291,27 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 EOF
+
+# A 1 KiB chat as LibreChat's web client posts it (the fast upstream answers
+# any method), for the organization policy's cost (SPEC section 10).
+chat_body='{"text":"TEXT","sender":"User","clientTimestamp":"2026-12-01T10:00:00.000Z","isCreatedByUser":true,"parentMessageId":"00000000-0000-0000-0000-000000000000","messageId":"5a0f1c1e-0000-4000-8000-000000000001","error":false,"endpoint":"openAI","model":"gpt-4o","promptPrefix":"Be brief.","temperature":0.7,"resendFiles":true,"isTemporary":false,"isRegenerate":false,"isContinued":false,"ephemeralAgent":{"mcp":["github"],"web_search":false,"file_search":false,"execute_code":false},"timezone":"UTC","clientRequestId":"c0ffee00-0000-4000-8000-000000000001"}'
+chat_body=${chat_body/TEXT/$(printf 'lorem ipsum %.0s' $(seq 1 $(((1024 - ${#chat_body}) / 12))))}
+{
+  echo "wrk.method = \"POST\""
+  echo "wrk.headers[\"Content-Type\"] = \"application/json\""
+  echo "wrk.body = [[$chat_body]]"
+  cat "$work/report.lua"
+} >"$work/chat.lua"
+
+run_policy() { # run_policy KEY COOKIE PATH SCRIPT : one connection, sequential, through chatgate
+  local out
+  out=$(wrk -t1 -c1 -d"${DURATION}s" --latency -s "$4" -H "Cookie: $2" \
+    "https://127.0.0.1:$gate_port$3" | grep WRK_RESULT)
+  add "$1_p50" "$(field p50_us "$out")"
+  add "$1_bad" "$(($(field errors "$out") + $(field non2xx "$out")))"
+  printf '   %-9s %-14s p50 %6s us  p99 %6s us  errors+non-2xx %s\n' policy "$1" \
+    "$(field p50_us "$out")" "$(field p99_us "$out")" "$(($(field errors "$out") + $(field non2xx "$out")))"
+}
 
 declare -A url=(
   [direct]="https://127.0.0.1:$up_tls/"
@@ -435,6 +459,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for target in $(rotate "$round" direct nginx chatgate); do run_wrk c1 "$target" 1 1; done
   for target in $(rotate "$round" direct nginx chatgate); do run_sse "$target"; done
   run_storm
+  for org in $(rotate "$round" open policy); do
+    if [ "$org" = open ]; then org_cookie=$cookie; else org_cookie=$policy_cookie; fi
+    run_policy "chat_$org" "$org_cookie" /api/agents/chat/openAI "$work/chat.lua"
+    run_policy "get_$org" "$org_cookie" / "$work/report.lua"
+  done
 done
 echo "== idle connections"
 run_idle nginx "$nginx_port"
@@ -462,6 +491,8 @@ addp_n=$(minus "$c1p_n" "$c1p_d") addp_c=$(minus "$c1p_c" "$c1p_d")
 sse_d=$(median sse_p50_direct) sse_n=$(median sse_p50_nginx) sse_c=$(median sse_p50_chatgate)
 sse_add_n=$(minus "$sse_n" "$sse_d") sse_add_c=$(minus "$sse_c" "$sse_d")
 rss_n=$(median idle_rss_nginx) rss_c=$(median idle_rss_chatgate)
+chat_o=$(median chat_open_p50) chat_p=$(median chat_policy_p50) chat_add=$(minus "$chat_p" "$chat_o")
+get_o=$(median get_open_p50) get_p=$(median get_policy_p50) get_add=$(minus "$get_p" "$get_o")
 storm_calls=$(echo ${results[storm_calls]})
 storm_failed=$(echo ${results[storm_failed]})
 storm_max_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | tail -1)
@@ -499,11 +530,19 @@ report="bench-results/$stamp.md"
   r=$(ratio "$rss_c" "$rss_n")
   echo "| $IDLE_CONNS idle TLS keep-alive conns (HTTP/1.1, ${IDLE_SETTLE}s idle): RSS MiB (idle before: nginx $(median idle_base_nginx), chatgate $(median idle_base_chatgate)) | | $rss_n | $rss_c | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
   echo
+  echo "Organization policy (SPEC 10), through chatgate only, one connection, sequential:"
+  echo
+  echo "| measure | no policy | restrictive policy | added µs | target | |"
+  echo "| --- | ---: | ---: | ---: | --- | --- |"
+  echo "| chat POST, 1 KiB JSON: median µs | $chat_o | $chat_p | $chat_add | ≤ 50 µs | $(verdict "$chat_add" '<=' 50) |"
+  echo "| GET / (not a policy route): median µs | $get_o | $get_p | $get_add | nothing measurable | |"
+  echo
   echo "Connections still open at the end of the idle hold: nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate)."
   echo "Errors and non-2xx answers, all rounds (must be 0):" \
     "h1 direct/nginx/chatgate$(echo ${results[h1_bad_direct]}) /$(echo ${results[h1_bad_nginx]}) /$(echo ${results[h1_bad_chatgate]});" \
     "1-conn$(echo ${results[c1_bad_direct]}) /$(echo ${results[c1_bad_nginx]}) /$(echo ${results[c1_bad_chatgate]});" \
-    "h2 nginx/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_chatgate]})."
+    "h2 nginx/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_chatgate]});" \
+    "policy chat open/restrictive$(echo ${results[chat_open_bad]}) /$(echo ${results[chat_policy_bad]})."
   echo
   echo "Per round (in run order):"
   echo

@@ -37,6 +37,7 @@ use self::route::{ListKind, PolicyRoute};
 use self::rules::Refusal;
 use crate::app::App;
 use crate::body::{self, ProxyBody, ReadBodyError, RequestBody};
+use crate::config::AuthMode;
 use crate::context::{ChatRequest, RequestContext};
 use crate::error::ProxyError;
 use crate::proxy::identify::Identity;
@@ -254,8 +255,18 @@ async fn check_agent_copy(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
-        headers.insert(header::AUTHORIZATION, auth.clone());
+    // The credentials the copy itself will carry: LibreChat's own bearer
+    // (oidc), or chatgate's token for this user (jwt).
+    let authorization = match app.config.librechat.auth_mode {
+        AuthMode::Oidc => parts.headers.get(header::AUTHORIZATION).cloned(),
+        AuthMode::Jwt => app
+            .librechat_tokens
+            .for_identity(identity)
+            .ok()
+            .and_then(|minted| HeaderValue::from_str(&format!("Bearer {}", minted.token)).ok()),
+    };
+    if let Some(value) = authorization {
+        headers.insert(header::AUTHORIZATION, value);
     }
     if app.config.librechat.tenant_header {
         if let Ok(id) = HeaderValue::from_str(&identity.organization().id) {

@@ -45,6 +45,9 @@ fn compose_runs_chatgate_redis_mongodb_and_two_librechats() {
             ("ALLOW_SOCIAL_REGISTRATION", "true"),
             ("ALLOW_EMAIL_LOGIN", "false"),
             ("OPENID_CALLBACK_URL", "/oauth/openid/callback"),
+            ("OPENID_ADMIN_ROLE", "admin"),
+            ("OPENID_ADMIN_ROLE_PARAMETER_PATH", "roles"),
+            ("OPENID_ADMIN_ROLE_TOKEN_KIND", "id"),
         ] {
             assert_eq!(env[key].as_str(), Some(value), "{name}: {key}");
         }

@@ -245,9 +245,7 @@ async fn handle(
 
     let query = req.uri().query().unwrap_or("").to_owned();
     let app_at_root = state.app_at_root.load(Ordering::Relaxed) && is_page_load(&req);
-    if let Some(answer) =
-        super::librechat_lists::answer(req.method(), req.uri().path(), req.headers())
-    {
+    if let Some(answer) = super::librechat_lists::answer(req.method(), req.uri(), req.headers()) {
         let mut res = answer.map(full);
         res.headers_mut()
             .insert("x-instance", state.id_header.clone());

@@ -69,9 +69,14 @@ pub fn agent(id: &str) -> Value {
     json!({"id": id, "name": "Helper", "provider": "openAI", "model": "gpt-4o", "tools": tools})
 }
 
-/// The answer for `method path`, when it is one of these routes.
-pub fn answer(method: &Method, path: &str, headers: &HeaderMap) -> Option<Response<Bytes>> {
-    let body = match (method, path) {
+/// The answer for `method path`, when it is one of these routes. A request
+/// with a query string is left to the echo, so tests can still see what
+/// arrived on these paths.
+pub fn answer(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Option<Response<Bytes>> {
+    if uri.query().is_some() {
+        return None;
+    }
+    let body = match (method, uri.path()) {
         (&Method::GET, "/api/models") => models(),
         (&Method::GET, "/api/endpoints") => endpoints(),
         (&Method::GET, "/api/mcp/tools") => mcp_tools(),
