@@ -242,6 +242,73 @@ async fn librechat_client_bodies_are_allowed_or_refused_by_the_organization_poli
 }
 
 #[tokio::test]
+async fn legacy_and_assistants_chat_routes_are_checked_too() {
+    let w = world(|c| c).await;
+    let ada = member(
+        &w,
+        "ada@acme.example",
+        "member",
+        organization("acme", restrictive()),
+    );
+    let body = |value: Value| Bytes::from(value.to_string());
+    assert_refused(
+        &w,
+        &ada,
+        "/api/ask/openAI",
+        &body(json!({"endpoint": "openAI", "model": "gpt-4-turbo", "text": "hi"})),
+        "model_not_allowed",
+        "gpt-4-turbo",
+    )
+    .await;
+    assert_refused(
+        &w,
+        &ada,
+        "/api/edit/anthropic",
+        &body(json!({"endpoint": "anthropic", "model": "claude-2.1"})),
+        "model_not_allowed",
+        "claude-2.1",
+    )
+    .await;
+    assert_refused(
+        &w,
+        &ada,
+        "/api/assistants/v2/chat",
+        &body(json!({"endpoint": "assistants", "model": "gpt-4o", "assistant_id": "asst_1"})),
+        "model_not_allowed",
+        "assistants",
+    )
+    .await;
+    // An Assistants chat without an endpoint is an `assistants` chat.
+    assert_refused(
+        &w,
+        &ada,
+        "/api/assistants/v2/chat",
+        &body(json!({"model": "gpt-4o", "assistant_id": "asst_1"})),
+        "model_not_allowed",
+        "assistants",
+    )
+    .await;
+    // Odd spellings of a chat path are still chats.
+    assert_refused(
+        &w,
+        &ada,
+        "/API/agents//chat/openAI/",
+        &body(json!({"endpoint": "openAI", "model": "o1"})),
+        "model_not_allowed",
+        "o1",
+    )
+    .await;
+    let (status, _) = post_json(
+        &w.gate,
+        &ada,
+        "/api/ask/openAI",
+        body(json!({"endpoint": "openAI", "model": "gpt-4o"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn custom_instructions_go_before_the_prompt_prefix_except_for_agents() {
     let w = world(|c| c).await;
     let config = json!({"custom_instructions": "Answer in French."});

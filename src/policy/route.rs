@@ -49,8 +49,29 @@ pub fn classify(method: &Method, path: &str) -> Option<PolicyRoute> {
     if bytes.len() < 5 || !(bytes[..5].eq_ignore_ascii_case(b"/api/") || needs_normalizing(path)) {
         return None;
     }
+    if !needs_normalizing(path) {
+        // The common case, without allocating: a plain path of few segments.
+        let mut buf = [""; 8];
+        let mut len = 0;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if len == buf.len() {
+                return classify_normalized(method, path);
+            }
+            buf[len] = part;
+            len += 1;
+        }
+        return classify_segments(method, &buf[..len]);
+    }
+    classify_normalized(method, path)
+}
+
+fn classify_normalized(method: &Method, path: &str) -> Option<PolicyRoute> {
     let segments = segments(path);
     let seg: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
+    classify_segments(method, &seg)
+}
+
+fn classify_segments(method: &Method, seg: &[&str]) -> Option<PolicyRoute> {
     let is = |i: usize, word: &str| seg.get(i).is_some_and(|s| s.eq_ignore_ascii_case(word));
     if !is(0, "api") {
         return None;
@@ -63,7 +84,7 @@ pub fn classify(method: &Method, path: &str) -> Option<PolicyRoute> {
         _ => {}
     }
     if is(1, "agents") {
-        return agents_route(method, &seg, &is);
+        return agents_route(method, seg, &is);
     }
     if post && (is(1, "ask") || is(1, "edit")) && seg.len() == 3 {
         return Some(PolicyRoute::Chat { assistants: false });
@@ -77,10 +98,10 @@ pub fn classify(method: &Method, path: &str) -> Option<PolicyRoute> {
         return Some(PolicyRoute::Chat { assistants: true });
     }
     if is(1, "files") {
-        return files_route(method, &seg, &is);
+        return files_route(method, seg, &is);
     }
     if is(1, "mcp") {
-        return mcp_route(method, &seg, &is);
+        return mcp_route(method, seg, &is);
     }
     None
 }
