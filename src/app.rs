@@ -77,7 +77,11 @@ pub struct App {
 
 impl App {
     pub async fn new(config: Config) -> Result<Self, String> {
-        let pool = Pool::new(&config.librechat.upstreams, &config.librechat.draining)?;
+        let pool = Pool::with_limit(
+            &config.librechat.upstreams,
+            &config.librechat.draining,
+            config.librechat.max_connections_per_instance,
+        )?;
         let redis_url = config.store.redis_url.as_ref().map(|s| s.expose());
         let store = store::connect(redis_url).await.map_err(|e| e.to_string())?;
         let http = crate::http_client::build();

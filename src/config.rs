@@ -130,6 +130,9 @@ pub struct LibreChatConfig {
     pub token_ttl: Duration,
     /// Send `X-Tenant-Id: <organization id>` on every forwarded request.
     pub tenant_header: bool,
+    /// At most this many requests (so upstream connections) at once per
+    /// instance on this replica; more wait up to the connect timeout.
+    pub max_connections_per_instance: usize,
 }
 
 /// `librechat.auth_mode`.
@@ -837,6 +840,18 @@ impl Check<'_> {
             jwt_secret,
             token_ttl: self.positive_duration("librechat.token_ttl", &raw.token_ttl)?,
             tenant_header: raw.tenant_header,
+            max_connections_per_instance: match usize::try_from(raw.max_connections_per_instance) {
+                Ok(n) if (1..=1_000_000).contains(&n) => n,
+                _ => {
+                    return Err(self.err(
+                        "librechat.max_connections_per_instance",
+                        format!(
+                            "must be between 1 and 1000000, got {}",
+                            raw.max_connections_per_instance
+                        ),
+                    ))
+                }
+            },
         })
     }
 
@@ -1166,6 +1181,7 @@ mod tests {
         jwt_secret = "librechat-jwt-secret-0123456789abcdef"
         token_ttl = "2h"
         tenant_header = false
+        max_connections_per_instance = 64
 
         [oidc]
         client_id = "lc"
@@ -1235,6 +1251,7 @@ mod tests {
                 jwt_secret: Some(Secret::new(LIBRECHAT_SECRET)),
                 token_ttl: secs(2 * 3600),
                 tenant_header: false,
+                max_connections_per_instance: 64,
             },
             oidc: OidcConfig {
                 client_id: "lc".into(),
@@ -1329,6 +1346,7 @@ mod tests {
         assert_eq!(librechat.jwt_secret, None);
         assert_eq!(librechat.token_ttl, secs(24 * 3600));
         assert!(librechat.tenant_header);
+        assert_eq!(librechat.max_connections_per_instance, 256);
 
         assert_eq!(config.oidc.client_id, "librechat");
         assert_eq!(config.oidc.client_secret, None);

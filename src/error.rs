@@ -42,6 +42,10 @@ pub enum ProxyError {
     UpstreamFailed(#[source] BoxError),
     #[error("the LibreChat instance did not answer in time")]
     UpstreamTimeout,
+    /// Every one of `librechat.max_connections_per_instance` was in use for
+    /// the whole connect timeout.
+    #[error("the LibreChat instance is busy; try again")]
+    UpstreamBusy { upstream: String, limit: usize },
     #[error("chatgate is shutting down")]
     Draining,
     #[error("sign-in could not be checked right now; try again")]
@@ -70,9 +74,10 @@ impl ProxyError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::UpstreamConnect(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
-            Self::NoHealthyUpstream | Self::Draining | Self::AuthUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyUpstream
+            | Self::Draining
+            | Self::AuthUnavailable(_)
+            | Self::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Redirect { status, .. } => *status,
         }
@@ -96,7 +101,8 @@ impl ProxyError {
             | Self::UpstreamConnect(_)
             | Self::UpstreamFailed(_)
             | Self::Draining
-            | Self::AuthUnavailable(_) => "upstream_unavailable",
+            | Self::AuthUnavailable(_)
+            | Self::UpstreamBusy { .. } => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Redirect { .. } => "redirect",
         }
@@ -139,6 +145,18 @@ impl ProxyError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+
+    /// What the client's message leaves out, for the log: why sign-in could
+    /// not be checked, which instance was busy.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::AuthUnavailable(reason) => Some(reason.clone()),
+            Self::UpstreamBusy { upstream, limit } => Some(format!(
+                "all {limit} connections to {upstream} (librechat.max_connections_per_instance) stayed in use for the connect timeout"
+            )),
+            _ => None,
+        }
     }
 
     /// A refusal the organization's policy made (logged as such, not as a failure).

@@ -6,6 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::upstream::{Health, Pool};
 
+/// A per-instance metric family: name, type, help, value.
+type UpstreamFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::upstream::Upstream) -> u64,
+);
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Responses by status class: index 0 = 1xx … 4 = 5xx.
@@ -107,6 +115,45 @@ impl Metrics {
                 upstream.in_flight()
             );
         }
+        // One family at a time, each sample under its own HELP/TYPE.
+        let families: [UpstreamFamily; 3] = [
+            (
+                "chatgate_upstream_ejected",
+                "gauge",
+                "Whether failed requests took an instance out of rotation (panic routing may still use it).",
+                |u| u64::from(u.is_ejected()),
+            ),
+            (
+                "chatgate_upstream_connection_waits_total",
+                "counter",
+                "Requests that waited for one of librechat.max_connections_per_instance.",
+                |u| u.connection_waits.load(Ordering::Relaxed),
+            ),
+            (
+                "chatgate_upstream_connection_wait_timeouts_total",
+                "counter",
+                "Requests answered 503 because every connection to the instance stayed in use.",
+                |u| u.connection_wait_timeouts.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for upstream in &pool.upstreams {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\"}} {}",
+                    upstream.url,
+                    value(upstream)
+                );
+            }
+        }
+        single(
+            &mut out,
+            "chatgate_pool_panic",
+            "gauge",
+            "1 while fewer than half of the instances are routable and passive ejections are ignored.",
+            u64::from(pool.is_panicking()),
+        );
         out.push_str(
             "# HELP chatgate_connections_open Client connections open, by serving thread.\n",
         );

@@ -204,6 +204,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         index: 0,
     };
     apps.load().metrics.set_workers(options.workers);
+    crate::upstream::set_serving_threads(options.workers);
     listeners.workers = spawn_workers(&listeners, options.workers, &workers_done)?.into();
     accepting.spawn(listeners.clone().accept(tls_listener, Some(acceptor)));
     if let Some(listener) = http_listener {

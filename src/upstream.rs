@@ -1,12 +1,20 @@
 //! The LibreChat instances chatgate forwards to: one pooled keep-alive
 //! client each, their health, and the choice of instance for a request
 //! (`sticky` pins a user, `select` hashes one when no pin can be read).
+//!
+//! Health has two sources (SPEC section 9). Active checks (`health`) decide
+//! whether an instance is up. Failed requests (passive) eject an instance
+//! until it answers again — but passive failures never take the last
+//! instances out: when fewer than half of the instances are routable,
+//! every instance the active checks pass is used (Envoy's "panic" routing),
+//! so a burst of errors caused by load does not become an outage.
 
 pub mod health;
+mod limit;
 pub mod select;
 pub mod sticky;
 
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +30,9 @@ use crate::body::ProxyBody;
 /// SPEC section 8: connecting to an upstream gives up after 3 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+pub type UpstreamClient = Client<limit::LimitedConnector, ProxyBody>;
+
+pub use self::limit::is_own_limit;
 
 /// One LibreChat instance.
 #[derive(Debug)]
@@ -35,10 +45,23 @@ pub struct Upstream {
     /// runtime, and a connection stays with the thread that opened it.
     clients: thread_local::ThreadLocal<UpstreamClient>,
     pub draining: bool,
+    /// From active checks only.
     health: AtomicU8,
     successes: AtomicU32,
     failures: AtomicU32,
+    /// Consecutive failed requests, and whether they ejected the instance.
+    request_failures: AtomicU32,
+    ejected: AtomicBool,
     in_flight: AtomicUsize,
+    /// `librechat.max_connections_per_instance`, shared out among the
+    /// serving threads: each thread keeps its own connection pool, which
+    /// never holds more connections than the requests it ran at once, so
+    /// bounding each thread's requests bounds the replica's connections.
+    slots: thread_local::ThreadLocal<Arc<tokio::sync::Semaphore>>,
+    max_connections: usize,
+    /// Requests that had to wait for a connection, and those that waited in vain.
+    pub(crate) connection_waits: AtomicU64,
+    pub(crate) connection_wait_timeouts: AtomicU64,
 }
 
 /// Health as last observed. `Unknown` (before the first check) routes like
@@ -56,6 +79,12 @@ const UNHEALTHY_AFTER: u32 = 3;
 
 impl Upstream {
     pub fn new(url: Url, draining: bool) -> Result<Self, String> {
+        Self::with_limit(url, draining, DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// An instance that gets at most `max_connections` requests at once from this replica.
+    pub fn with_limit(url: Url, draining: bool, max_connections: usize) -> Result<Self, String> {
+        let max_connections = max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let uri: Uri = url
             .as_str()
             .parse()
@@ -80,13 +109,51 @@ impl Upstream {
             health: AtomicU8::new(Health::Unknown as u8),
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
+            request_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            slots: thread_local::ThreadLocal::new(),
+            max_connections,
+            connection_waits: AtomicU64::new(0),
+            connection_wait_timeouts: AtomicU64::new(0),
         })
     }
 
-    /// This thread's client for the instance.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// A connection slot on this instance, waiting for one up to `wait`
+    /// when all are taken. `None` after waiting in vain: chatgate's own
+    /// limit, never the instance's fault.
+    pub async fn connection_slot(&self, wait: Duration) -> Option<ConnectionSlot> {
+        let slots = self
+            .slots
+            .get_or(|| Arc::new(tokio::sync::Semaphore::new(self.thread_share())));
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(ConnectionSlot(permit));
+        }
+        self.connection_waits.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(ConnectionSlot(permit)),
+            _ => {
+                self.connection_wait_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// This thread's client for the instance, which opens at most this
+    /// thread's share of `max_connections_per_instance` connections.
     pub fn client(&self) -> &UpstreamClient {
-        self.clients.get_or(build_client)
+        self.clients.get_or(|| build_client(self.thread_share()))
+    }
+
+    /// This thread's share of `max_connections_per_instance`.
+    fn thread_share(&self) -> usize {
+        let threads = SERVING_THREADS.load(Ordering::Relaxed).max(1);
+        (self.max_connections / threads).max(1)
     }
 
     /// The URI of `path_and_query` on this instance.
@@ -107,8 +174,38 @@ impl Upstream {
         }
     }
 
+    /// Routable by every count: the active checks pass and no run of
+    /// failed requests ejected it. [`Pool::routable`] may route to an
+    /// ejected instance (panic routing).
     pub fn is_routable(&self) -> bool {
-        self.health() != Health::Unhealthy
+        self.health() != Health::Unhealthy && !self.is_ejected()
+    }
+
+    /// Whether failed requests took the instance out of rotation.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// A request failed at the instance (connect error, 502/503/504 or no
+    /// answer). `refused` (nothing listens) ejects at once; otherwise
+    /// `UNHEALTHY_AFTER` in a row do.
+    pub fn record_request_failure(&self, refused: bool) {
+        let n = self.request_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if (refused || n >= UNHEALTHY_AFTER) && !self.ejected.swap(true, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.url, failures = n, refused, "upstream ejected after failed requests");
+        }
+    }
+
+    /// A request the instance answered: it is back in rotation.
+    pub fn record_request_success(&self) {
+        // Read first: the common case writes nothing (no cache-line traffic).
+        if self.request_failures.load(Ordering::Relaxed) != 0 {
+            self.request_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected.load(Ordering::Relaxed) {
+            self.ejected.store(false, Ordering::Relaxed);
+            tracing::info!(upstream = %self.url, "upstream answered again: back in rotation");
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -121,10 +218,13 @@ impl Upstream {
         InFlight(self.clone())
     }
 
-    /// A successful check (or request). The first result after start-up
-    /// decides at once; later changes need `HEALTHY_AFTER` in a row.
+    /// A successful active check. The first result after start-up decides
+    /// at once; later changes need `HEALTHY_AFTER` in a row. A passing
+    /// check also readmits an ejected instance: the next failures eject it
+    /// again.
     pub fn record_success(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        self.record_request_success();
         let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
         match self.health() {
             Health::Unknown => self.set_health(Health::Healthy),
@@ -133,8 +233,8 @@ impl Upstream {
         }
     }
 
-    /// A failed check or a failed request. `refused` (nothing listens) marks
-    /// the instance unhealthy at once.
+    /// A failed active check. `refused` (nothing listens) marks the
+    /// instance unhealthy at once.
     pub fn record_failure(&self, refused: bool) {
         self.successes.store(0, Ordering::Relaxed);
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -154,6 +254,23 @@ impl Upstream {
     }
 }
 
+/// The default of `librechat.max_connections_per_instance`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Threads that serve connections, each with its own upstream pools; the
+/// connection limit is shared out among them.
+static SERVING_THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Called once at start-up by the server with its number of serving threads.
+pub fn set_serving_threads(threads: usize) {
+    SERVING_THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// One of an instance's `max_connections_per_instance` slots, held until the
+/// response body ends.
+#[derive(Debug)]
+pub struct ConnectionSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
 /// Holds one unit of an instance's in-flight count.
 #[derive(Debug)]
 pub struct InFlight(Arc<Upstream>);
@@ -164,14 +281,15 @@ impl Drop for InFlight {
     }
 }
 
-fn build_client() -> UpstreamClient {
+fn build_client(max_connections: usize) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
     connector.enforce_http(true);
+    let connector = limit::LimitedConnector::new(connector, max_connections, CONNECT_TIMEOUT);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(max_connections)
         .build(connector)
 }
 
@@ -183,15 +301,40 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(urls: &[Url], draining: &[Url]) -> Result<Self, String> {
+        Self::with_limit(urls, draining, DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// Instances that each get at most `max_connections` requests at once.
+    pub fn with_limit(
+        urls: &[Url],
+        draining: &[Url],
+        max_connections: usize,
+    ) -> Result<Self, String> {
         let upstreams = urls
             .iter()
-            .map(|url| Upstream::new(url.clone(), draining.contains(url)).map(Arc::new))
+            .map(|url| {
+                Upstream::with_limit(url.clone(), draining.contains(url), max_connections)
+                    .map(Arc::new)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self { upstreams })
     }
 
+    /// Whether requests may go to `upstream` now: routable by every count,
+    /// or, while the pool panics, passing its active checks.
+    pub fn routable(&self, upstream: &Upstream) -> bool {
+        upstream.is_routable() || (upstream.health() != Health::Unhealthy && self.is_panicking())
+    }
+
+    /// Fewer than half of the instances are routable by every count: passive
+    /// ejections are ignored until that changes.
+    pub fn is_panicking(&self) -> bool {
+        let routable = self.upstreams.iter().filter(|u| u.is_routable()).count();
+        routable * 2 < self.upstreams.len()
+    }
+
     pub fn healthy_count(&self) -> usize {
-        self.upstreams.iter().filter(|u| u.is_routable()).count()
+        self.upstreams.iter().filter(|u| self.routable(u)).count()
     }
 
     /// The instance configured as `url` (a pin's value), if any. A missing
@@ -214,7 +357,7 @@ impl Pool {
         exclude: Option<&Arc<Upstream>>,
     ) -> Option<&Arc<Upstream>> {
         let usable =
-            |u: &&Arc<Upstream>| u.is_routable() && exclude.is_none_or(|e| !Arc::ptr_eq(e, u));
+            |u: &&Arc<Upstream>| self.routable(u) && exclude.is_none_or(|e| !Arc::ptr_eq(e, u));
         select::rendezvous(
             user_id,
             self.upstreams.iter().filter(usable).filter(|u| !u.draining),
@@ -227,7 +370,7 @@ impl Pool {
     pub fn least_loaded(&self, exclude: Option<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
         self.upstreams
             .iter()
-            .filter(|u| u.is_routable())
+            .filter(|u| self.routable(u))
             .filter(|u| exclude.is_none_or(|e| !Arc::ptr_eq(e, u)))
             .min_by_key(|u| u.in_flight())
             .cloned()
@@ -282,6 +425,71 @@ mod tests {
         drop(busy);
         pool.upstreams[0].record_failure(true);
         assert!(pool.least_loaded(None).is_none());
+    }
+
+    fn pool_of(n: usize) -> Pool {
+        let urls: Vec<Url> = (1..=n)
+            .map(|i| format!("http://127.0.0.1:{i}").parse().unwrap())
+            .collect();
+        Pool::new(&urls, &[]).unwrap()
+    }
+
+    #[test]
+    fn failed_requests_never_take_the_last_instance_out() {
+        let pool = pool_of(1);
+        let only = &pool.upstreams[0];
+        only.record_success();
+        for _ in 0..100 {
+            only.record_request_failure(true);
+        }
+        assert!(only.is_ejected());
+        assert!(pool.is_panicking());
+        assert!(pool.routable(only), "passive failures alone: still served");
+        assert_eq!(pool.least_loaded(None).unwrap().url, only.url);
+        only.record_failure(true);
+        assert!(!pool.routable(only), "the active check decides it is down");
+        assert!(pool.least_loaded(None).is_none());
+    }
+
+    #[test]
+    fn ejection_moves_traffic_while_half_the_pool_is_routable() {
+        let pool = pool_of(4);
+        for u in &pool.upstreams {
+            u.record_success();
+        }
+        pool.upstreams[0].record_request_failure(true);
+        assert!(!pool.routable(&pool.upstreams[0]));
+        pool.upstreams[1].record_request_failure(false);
+        pool.upstreams[1].record_request_failure(false);
+        pool.upstreams[1].record_request_failure(false);
+        assert!(!pool.is_panicking(), "2 of 4 routable is half");
+        assert_eq!(pool.healthy_count(), 2);
+        pool.upstreams[2].record_request_failure(true);
+        assert!(pool.is_panicking(), "1 of 4");
+        assert_eq!(
+            pool.healthy_count(),
+            4,
+            "every actively healthy instance serves"
+        );
+        pool.upstreams[0].record_request_success();
+        assert!(!pool.upstreams[0].is_ejected());
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_connection_limit_wait_then_give_up() {
+        let u = Upstream::with_limit("http://127.0.0.1:1".parse().unwrap(), false, 2).unwrap();
+        let a = u.connection_slot(Duration::from_millis(1)).await.unwrap();
+        let _b = u.connection_slot(Duration::from_millis(1)).await.unwrap();
+        assert!(u.connection_slot(Duration::from_millis(20)).await.is_none());
+        assert_eq!(u.connection_wait_timeouts.load(Ordering::Relaxed), 1);
+        let waiter = u.connection_slot(Duration::from_secs(30));
+        let release = async {
+            tokio::task::yield_now().await;
+            drop(a);
+        };
+        let (slot, ()) = tokio::join!(waiter, release);
+        assert!(slot.is_some(), "a freed slot goes to the waiting request");
+        assert_eq!(u.connection_waits.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct LibreChat {
     pub token_ttl: String,
     /// Send `X-Tenant-Id: <organization id>` upstream.
     pub tenant_header: bool,
+    /// Requests (so connections) at once per instance, on this replica.
+    pub max_connections_per_instance: i64,
 }
 
 impl Default for LibreChat {
@@ -166,6 +168,7 @@ impl Default for LibreChat {
             jwt_secret: String::new(),
             token_ttl: "24h".into(),
             tenant_header: true,
+            max_connections_per_instance: 256,
         }
     }
 }

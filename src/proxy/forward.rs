@@ -17,7 +17,7 @@ use crate::context::RequestContext;
 use crate::error::ProxyError;
 use crate::logging::RedactedHeaders;
 use crate::upstream::health::is_refused;
-use crate::upstream::Upstream;
+use crate::upstream::{is_own_limit, ConnectionSlot, InFlight, Upstream, CONNECT_TIMEOUT};
 
 /// SPEC section 8: the upstream must send its response head within 60 s.
 const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,7 +43,15 @@ pub async fn forward(
             headers = ?RedactedHeaders(outgoing.headers()),
             "forwarding"
         );
-        let in_flight = upstream.begin_request();
+        // SPEC section 9: never more connections than the instance accepts;
+        // waiting in vain is chatgate's limit, not the instance's failure.
+        let Some(slot) = upstream.connection_slot(CONNECT_TIMEOUT).await else {
+            return Err(ProxyError::UpstreamBusy {
+                upstream: upstream.url.to_string(),
+                limit: upstream.max_connections(),
+            });
+        };
+        let in_flight = (upstream.begin_request(), slot);
 
         let result =
             tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, upstream.client().request(outgoing)).await;
@@ -55,22 +63,25 @@ pub async fn forward(
                         | StatusCode::SERVICE_UNAVAILABLE
                         | StatusCode::GATEWAY_TIMEOUT
                 ) {
-                    upstream.record_failure(false);
+                    upstream.record_request_failure(false);
+                } else {
+                    upstream.record_request_success();
                 }
                 return Ok(finish(app, response, request.upgrade.take(), in_flight));
             }
             Ok(Err(error)) => error,
             Err(_elapsed) => {
                 app.metrics.record_upstream_error();
-                upstream.record_failure(false);
+                upstream.record_request_failure(false);
                 return Err(ProxyError::UpstreamTimeout);
             }
         };
         app.metrics.record_upstream_error();
         // SPEC section 9's passive check: the instance failed us — unless
         // our own side did (the client's upload broke off or stalled).
-        if !caused_by_client(&error) {
-            upstream.record_failure(is_refused(&error));
+        // … nor when the wait for a connection slot (chatgate's own limit) ran out.
+        if !caused_by_client(&error) && !is_own_limit(&error) {
+            upstream.record_request_failure(is_refused(&error));
         }
         // Connect failures never reached the instance; idempotent requests
         // that got no response head are safe to send again.
@@ -102,7 +113,24 @@ async fn pick_upstream(
         Some(identity) => app.pins.pick(&app.pool, identity.user_id(), failed).await,
         None => app.pool.least_loaded(failed),
     };
-    picked.ok_or(ProxyError::NoHealthyUpstream)
+    picked.ok_or_else(|| {
+        // Why: each instance's state, next to the request's 503.
+        let states: Vec<String> = app
+            .pool
+            .upstreams
+            .iter()
+            .map(|u| {
+                let state = if failed.is_some_and(|f| Arc::ptr_eq(f, u)) {
+                    "failed this request".to_owned()
+                } else {
+                    format!("health {:?}, ejected {}", u.health(), u.is_ejected())
+                };
+                format!("{} ({state})", u.url)
+            })
+            .collect();
+        tracing::warn!(request_id = ctx.request_id_str(), instances = %states.join(", "), "no LibreChat instance is routable");
+        ProxyError::NoHealthyUpstream
+    })
 }
 
 fn build(
@@ -152,7 +180,7 @@ fn finish(
     app: &App,
     mut response: Response<hyper::body::Incoming>,
     client_upgrade: Option<OnUpgrade>,
-    in_flight: crate::upstream::InFlight,
+    in_flight: (InFlight, ConnectionSlot),
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -167,7 +195,7 @@ fn finish(
 
 /// Copies bytes both ways between the client and the instance until either
 /// side closes. WebSocket has no idle limit here: its own pings keep it alive.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: crate::upstream::InFlight) {
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, _in_flight: (InFlight, ConnectionSlot)) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {

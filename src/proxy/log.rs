@@ -22,8 +22,15 @@ pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B
     });
 }
 
+/// The line next to a refused or failed request's access line: the whole
+/// reason (the client's message plus what chatgate knows of the cause;
+/// never a token, a secret or a header value), with the request id.
 pub fn error(ctx: &RequestContext, error: &ProxyError) {
-    let chain = crate::error::error_chain(error);
+    let mut chain = crate::error::error_chain(error);
+    if let Some(detail) = error.detail() {
+        chain.push_str(": ");
+        chain.push_str(&detail);
+    }
     if error.is_policy_refusal() {
         tracing::info!(request_id = ctx.request_id_str(), code = error.code(), reason = %chain, "refused by the organization's policy");
     } else if error.status().is_server_error() {

@@ -4,7 +4,7 @@
 //! store so other replicas reuse it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -107,21 +107,45 @@ pub enum TenantError {
     Unavailable(String),
 }
 
+/// A profile older than `tenant_cache_ttl` is served for up to this many
+/// TTLs while PostgREST fails or is slow (SPEC section 5).
+const STALE_FACTOR: u32 = 10;
+/// How long a request waits for the reload of an expired profile before
+/// the previous one is served (the reload goes on in the background).
+const STALE_WAIT: Duration = Duration::from_secs(1);
+
+/// A profile and when it was read.
+#[derive(Debug)]
+struct CachedProfile {
+    profile: Arc<Profile>,
+    fetched: Instant,
+}
+
+#[derive(Clone)]
 pub struct TenantLookup {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: HttpClient,
     /// `…/rest/v1/profiles?select=…&id=eq.` — the user id is appended.
     url_prefix: String,
     anon_key: String,
     store: Arc<dyn Store>,
     ttl: Duration,
-    cache: moka::future::Cache<String, Arc<Profile>>,
+    /// Profiles, kept `STALE_FACTOR` TTLs; fresh for one.
+    cache: moka::future::Cache<String, Arc<CachedProfile>>,
+    /// The single-flight of loads: concurrent loads for one user share one.
+    loading: moka::future::Cache<String, Arc<CachedProfile>>,
+    /// Users whose profile is being refreshed in the background.
+    refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for TenantLookup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantLookup")
-            .field("url_prefix", &self.url_prefix)
-            .field("ttl", &self.ttl)
+            .field("url_prefix", &self.inner.url_prefix)
+            .field("ttl", &self.inner.ttl)
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +168,7 @@ impl TenantLookup {
             "{}/rest/v1/{profiles_table}?select={select}&id=eq.",
             supabase_url.as_str().trim_end_matches('/')
         );
-        Self {
+        let inner = Inner {
             http,
             url_prefix,
             anon_key,
@@ -152,49 +176,150 @@ impl TenantLookup {
             ttl,
             cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
+                .time_to_live(ttl * STALE_FACTOR)
+                .build(),
+            loading: moka::future::Cache::builder()
+                .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            refreshing: std::sync::Mutex::new(std::collections::HashSet::new()),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     /// The profile of `user_id`, read with that user's `access_token`.
+    /// Fresh for `tenant_cache_ttl` (refreshed in the background once three
+    /// quarters of it have passed, for users who are active); after that,
+    /// reloaded — and while PostgREST fails or is slow, the previous
+    /// profile is served for up to 10 TTLs. Only a user with no profile
+    /// read at all gets the failure.
     pub async fn profile(
         &self,
         user_id: &str,
         access_token: &str,
     ) -> Result<Arc<Profile>, TenantError> {
-        if let Some(profile) = self.cache.get(user_id).await {
-            return Ok(profile);
+        if let Some(entry) = self.inner.cache.get(user_id).await {
+            let age = entry.fetched.elapsed();
+            if age < self.inner.ttl {
+                if age >= self.inner.ttl * 3 / 4 {
+                    self.refresh_in_background(user_id, access_token);
+                }
+                return Ok(entry.profile.clone());
+            }
+            return Box::pin(self.reload_or_stale(user_id, access_token, entry)).await;
         }
         // A miss (once per user and TTL). Its future, with the cache's
         // single-flight and the store and PostgREST calls, is boxed: inline it
         // made every request's future 2.3 KiB larger.
-        Box::pin(self.load_once(user_id, access_token)).await
+        Box::pin(self.inner.load_once(user_id, access_token, true))
+            .await
+            .map(|entry| entry.profile.clone())
     }
 
-    /// Concurrent misses for one user share one load.
+    /// An expired profile: reloaded, or served as it was while PostgREST
+    /// fails (or takes longer than `STALE_WAIT`) and it is not too old.
+    async fn reload_or_stale(
+        &self,
+        user_id: &str,
+        access_token: &str,
+        stale: Arc<CachedProfile>,
+    ) -> Result<Arc<Profile>, TenantError> {
+        let usable = stale.fetched.elapsed() < self.inner.ttl * STALE_FACTOR;
+        let reload = self.inner.load_once(user_id, access_token, true);
+        match tokio::time::timeout(STALE_WAIT, reload).await {
+            Ok(Ok(entry)) => Ok(entry.profile.clone()),
+            Ok(Err(TenantError::Unavailable(reason))) if usable => {
+                tracing::warn!(user_id, %reason, age = ?stale.fetched.elapsed(),
+                    "organization lookup failed: the previous profile is served");
+                Ok(stale.profile.clone())
+            }
+            Err(_slow) if usable => {
+                self.refresh_in_background(user_id, access_token);
+                tracing::warn!(user_id, age = ?stale.fetched.elapsed(),
+                    "organization lookup is slow: the previous profile is served meanwhile");
+                Ok(stale.profile.clone())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_slow) => Err(TenantError::Unavailable(format!(
+                "PostgREST did not answer within {STALE_WAIT:?} and the last profile is older than {} TTLs",
+                STALE_FACTOR
+            ))),
+        }
+    }
+
+    /// Reads the profile again without making anyone wait; one refresh per
+    /// user at a time.
+    fn refresh_in_background(&self, user_id: &str, access_token: &str) {
+        {
+            let mut refreshing = self
+                .inner
+                .refreshing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !refreshing.insert(user_id.to_owned()) {
+                return;
+            }
+        }
+        let inner = self.inner.clone();
+        let (user_id, access_token) = (user_id.to_owned(), access_token.to_owned());
+        tokio::spawn(async move {
+            // Straight to PostgREST: the store's copy is as old as ours.
+            if let Err(error) = inner.load_once(&user_id, &access_token, false).await {
+                tracing::debug!(user_id, %error, "background organization refresh failed");
+            }
+            inner
+                .refreshing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&user_id);
+        });
+    }
+}
+
+impl Inner {
+    /// Concurrent loads for one user share one; a failed load fails only
+    /// the requests that waited for it (each then falls back as it may).
     async fn load_once(
         &self,
         user_id: &str,
         access_token: &str,
-    ) -> Result<Arc<Profile>, TenantError> {
-        self.cache
-            .try_get_with_by_ref(user_id, self.load(user_id, access_token))
+        from_store: bool,
+    ) -> Result<Arc<CachedProfile>, TenantError> {
+        let loaded = self
+            .loading
+            .try_get_with_by_ref(user_id, self.load(user_id, access_token, from_store))
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone());
+        // The single-flight ends with the load: the next expiry loads anew.
+        self.loading.invalidate(user_id).await;
+        let entry = loaded?;
+        self.cache.insert(user_id.to_owned(), entry.clone()).await;
+        Ok(entry)
     }
 
-    async fn load(&self, user_id: &str, access_token: &str) -> Result<Arc<Profile>, TenantError> {
+    async fn load(
+        &self,
+        user_id: &str,
+        access_token: &str,
+        from_store: bool,
+    ) -> Result<Arc<CachedProfile>, TenantError> {
         let key = format!("chatgate:tenant:{user_id}");
-        match self.store.get(&key).await {
-            Ok(Some(bytes)) => {
-                if let Ok(profile) = serde_json::from_slice::<Profile>(&bytes) {
-                    return Ok(Arc::new(profile));
+        if from_store {
+            match self.store.get(&key).await {
+                Ok(Some(bytes)) => {
+                    if let Ok(profile) = serde_json::from_slice::<Profile>(&bytes) {
+                        return Ok(Arc::new(CachedProfile {
+                            profile: Arc::new(profile),
+                            fetched: Instant::now(),
+                        }));
+                    }
                 }
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::debug!(%error, "store unavailable: organization read from PostgREST")
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "store unavailable: organization read from PostgREST")
+                }
             }
         }
         let profile = self.fetch(user_id, access_token).await?;
@@ -203,7 +328,10 @@ impl TenantLookup {
                 tracing::debug!(%error, "store unavailable: organization not shared");
             }
         }
-        Ok(Arc::new(profile))
+        Ok(Arc::new(CachedProfile {
+            profile: Arc::new(profile),
+            fetched: Instant::now(),
+        }))
     }
 
     async fn fetch(&self, user_id: &str, access_token: &str) -> Result<Profile, TenantError> {

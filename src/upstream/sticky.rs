@@ -93,7 +93,7 @@ impl StickyPins {
         failed: Option<&Arc<Upstream>>,
     ) -> Option<Arc<Upstream>> {
         let usable =
-            |u: &Arc<Upstream>| u.is_routable() && failed.is_none_or(|f| !Arc::ptr_eq(f, u));
+            |u: &Arc<Upstream>| pool.routable(u) && failed.is_none_or(|f| !Arc::ptr_eq(f, u));
         if !pool.upstreams.iter().any(usable) {
             return None;
         }

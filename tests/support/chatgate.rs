@@ -32,6 +32,10 @@ pub struct GateConfig {
     pub oidc_client_secret: String,
     pub allowed_origins: Vec<String>,
     pub cross_site: bool,
+    /// `librechat.max_connections_per_instance`.
+    pub max_connections_per_instance: usize,
+    /// Active health check period (`Options::health_interval`); 100 ms.
+    pub health_interval: Duration,
     /// Serving threads (`Options::workers`): 2, as the binary runs on a
     /// 2-core machine, so connections are handed between runtimes as there.
     pub workers: usize,
@@ -60,6 +64,8 @@ impl GateConfig {
             oidc_client_secret: OIDC_CLIENT_SECRET.to_owned(),
             allowed_origins: Vec::new(),
             cross_site: false,
+            max_connections_per_instance: 256,
+            health_interval: Duration::from_millis(100),
             workers: 2,
         }
     }
@@ -106,6 +112,7 @@ tenant_cache_ttl = "{tenant_ttl}"
 upstreams = [{upstreams}]
 auth_mode = "{auth_mode}"
 jwt_secret = "{librechat_secret}"
+max_connections_per_instance = {max_connections}
 
 [oidc]
 client_secret = "{oidc_secret}"
@@ -142,6 +149,7 @@ level = "{level}"
             oidc_secret = self.oidc_client_secret,
             allowed_origins = list(&self.allowed_origins),
             cross_site = self.cross_site,
+            max_connections = self.max_connections_per_instance,
         )
     }
 
@@ -176,7 +184,7 @@ impl Gate {
     pub async fn start_in(config: GateConfig, dir: &Path) -> Gate {
         super::init_crypto();
         let options = Options {
-            health_interval: Duration::from_millis(100),
+            health_interval: config.health_interval,
             config_path: None,
             workers: config.workers,
         };

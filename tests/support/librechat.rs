@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +93,9 @@ struct State {
     upload_started: watch::Sender<bool>,
     /// Browser page loads of `/` get the app page, as LibreChat's SPA answers them.
     app_at_root: AtomicBool,
+    /// Connections open now, and the most open at once.
+    connections: AtomicUsize,
+    max_connections: AtomicUsize,
     /// Connection and WebSocket tasks; `None` once stopped, so nothing new is spawned.
     tasks: Mutex<Option<JoinSet<()>>>,
 }
@@ -135,6 +138,8 @@ impl StandInLibreChat {
             sse_permits: Semaphore::new(0),
             upload_started: watch::Sender::new(false),
             app_at_root: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(0),
             tasks: Mutex::new(Some(JoinSet::new())),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -168,6 +173,11 @@ impl StandInLibreChat {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+
+    /// The most connections that were open at once.
+    pub fn max_connections(&self) -> usize {
+        self.state.max_connections.load(Ordering::SeqCst)
     }
 
     /// Every request received so far, oldest first.
@@ -221,6 +231,15 @@ async fn accept_loop(
 }
 
 async fn serve_connection(tcp: TcpStream, state: Arc<State>) {
+    let open = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_connections.fetch_max(open, Ordering::SeqCst);
+    struct Closed(Arc<State>);
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _closed = Closed(state.clone());
     let _ = tcp.set_nodelay(true);
     let service = service_fn(move |req| handle(state.clone(), req));
     let _ = hyper::server::conn::http1::Builder::new()
@@ -253,6 +272,11 @@ async fn handle(
     }
     let mut res = match req.uri().path() {
         "/health" => text(StatusCode::OK, "OK"),
+        // `/status?code=503`: an answer with that status (a struggling instance).
+        "/status" => {
+            let code = StatusCode::from_u16(number(&query, "code")).unwrap_or(StatusCode::OK);
+            text(code, "status")
+        }
         "/" if app_at_root => app_page(&state),
         APP_PATH => app_page(&state),
         "/sse" => sse(&state, number(&query, "events")),

@@ -204,6 +204,7 @@ impl StandInSupabase {
                 last: HashMap::new(),
                 failures: (0, 500),
                 refresh_delay: Duration::ZERO,
+                postgrest_silent: false,
                 reuse_interval: DEFAULT_REUSE_INTERVAL,
                 access_ttl: DEFAULT_ACCESS_TTL,
             }),
@@ -341,6 +342,12 @@ impl StandInSupabase {
         }
     }
 
+    /// From now on PostgREST takes profile lookups and never answers (a
+    /// database outage behind a live gateway); `false` answers again.
+    pub fn set_postgrest_silent(&self, silent: bool) {
+        self.world().postgrest_silent = silent;
+    }
+
     /// Holds each refresh answer for `d` (so concurrent requests overlap).
     pub fn set_refresh_delay(&self, d: Duration) {
         self.world().refresh_delay = d;
@@ -414,6 +421,8 @@ struct World {
     /// (how many refreshes still fail, with which status)
     failures: (usize, u16),
     refresh_delay: Duration,
+    /// PostgREST accepts profile lookups and never answers them.
+    postgrest_silent: bool,
     reuse_interval: Duration,
     access_ttl: Duration,
 }
@@ -841,7 +850,14 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Reply
             "application/json",
         ),
         Route::User => current_user(&state, &parts.headers),
-        Route::Profiles => profiles(&state, &parts),
+        Route::Profiles => {
+            let silent = state.world.lock().unwrap().postgrest_silent;
+            if silent {
+                // Longer than any client waits; the connection is dropped with the test.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            profiles(&state, &parts)
+        }
         Route::Other => other_route(&parts),
     };
     Ok(reply)
