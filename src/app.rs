@@ -66,6 +66,9 @@ pub struct App {
     /// Upgraded connections (WebSocket) live outside hyper's connection
     /// tasks; shutdown waits for them here.
     pub tunnels: TaskTracker,
+    /// Usage metering (SPEC section 11), when `usage.postgres_url` is set.
+    /// Started by `server::start` and shared by the Apps a reload swaps.
+    pub usage: Option<Arc<crate::usage::Meter>>,
     draining: AtomicBool,
 }
 
@@ -103,6 +106,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             background: CancellationToken::new(),
             tunnels: TaskTracker::new(),
+            usage: None,
             draining: AtomicBool::new(false),
         })
     }

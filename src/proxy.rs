@@ -8,6 +8,7 @@
 //!    `user_switch`      — LibreChat's session belongs to that user
 //! 4. `rewrite_request`  — the headers and URI LibreChat receives
 //! 5. `forward`          — pick an instance, send, retry once when safe
+//!    `usage::tap`       — chat answers are counted as they pass (SPEC 11)
 //! 6. `rewrite_response` — the headers the browser receives
 //! 7. `log`              — one access-log line
 
@@ -30,6 +31,7 @@ use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
 use crate::librechat::routes;
 use crate::librechat::user_switch;
+use crate::usage;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -84,9 +86,17 @@ async fn phases(
     let mut request = request;
     let identity = identify::identify(app, ctx, line, request.headers()).await?;
     user_switch::check(ctx, line, &identity, request.headers_mut())?;
-    let upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
+    let mut upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
     ctx.identity = Some(identity);
+    let metered = usage::tap::begin(
+        app,
+        ctx,
+        &upstream_request.method,
+        upstream_request.path_and_query.path(),
+        &mut upstream_request.headers,
+    );
     let response = forward::forward(app, ctx, upstream_request).await?;
+    let response = usage::tap::wrap(metered, response);
     Ok(rewrite_response::rewrite(app, ctx, response))
 }
 
