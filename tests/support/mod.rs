@@ -6,6 +6,8 @@ pub mod chatgate;
 pub mod client;
 pub mod dashboard;
 pub mod librechat;
+pub mod librechat_chat;
+pub mod postgres;
 pub mod redis;
 pub mod ssr;
 pub mod supabase;
