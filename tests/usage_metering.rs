@@ -29,8 +29,9 @@ use support::postgres::PostgresServer;
 use support::redis::RedisServer;
 use support::supabase::{SigningKind, StandInSupabase};
 
-/// `[usage.prices]` of every replica here: gpt-4o at $2.5 / $10 per million
-/// tokens, i.e. 2 500 and 10 000 nano-USD per token.
+/// `[usage.prices]` of every replica here: gpt-4o (and so gpt-4o-mini) at
+/// $2.5 / $10 per million tokens, i.e. 2 500 and 10 000 nano-USD per token;
+/// llama-3 has no price.
 const PRICES: &str = "\"gpt-4o\" = { input = 2.5, output = 10.0 }";
 const GPT4O_IN_NANOS: i64 = 2_500;
 const GPT4O_OUT_NANOS: i64 = 10_000;
@@ -96,7 +97,8 @@ impl Expected {
 /// Tokens and nano-USD a plan's answer is worth, by SPEC 11's rules.
 fn plan_totals(model: &str, plan: &Plan) -> (i64, i64) {
     let priced = |model: &str, input: u64, output: u64| {
-        if model == "gpt-4o" {
+        // SPEC 10's matching: the entry "gpt-4o" also prices "gpt-4o-mini".
+        if model == "gpt-4o" || model.starts_with("gpt-4o-") {
             input as i64 * GPT4O_IN_NANOS + output as i64 * GPT4O_OUT_NANOS
         } else {
             0
@@ -591,6 +593,7 @@ async fn a_killed_replica_sends_its_spooled_counts_when_started_again() {
     let mut gate = GateConfig::new(&[instance.url()]).with_supabase(&supabase);
     gate.redis_url = redis.url();
     gate.listen = format!("127.0.0.1:{port}");
+    gate.log_level = "warn".to_owned();
     let addr: SocketAddr = gate.listen.parse().unwrap();
     let spool = dir.path().join("spool");
     // An hour between flushes: nothing reaches Postgres before the kill.
