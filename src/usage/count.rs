@@ -371,6 +371,22 @@ pub fn priced(prices: &[crate::config::ModelPrice], tokens: &Tokens) -> i64 {
 }
 
 #[cfg(test)]
+/// A recorded LibreChat 0.8.7 agents stream: created, deltas, two model
+/// calls' usage, the final event and a reconcile frame.
+pub(crate) const RECORDED: &str = concat!(
+    "event: message\ndata: {\"created\":true,\"message\":{\"messageId\":\"u1\",\"conversationId\":\"conv-1\",\"text\":\"hi\"},\"streamId\":\"conv-1\"}\n\n",
+    ": ping\n\n",
+    "event: message\ndata: {\"event\":\"on_run_step\",\"data\":{\"id\":\"step_1\",\"runId\":\"run-1\"}}\n\n",
+    "event: message\ndata: {\"event\":\"on_message_delta\",\"data\":{\"id\":\"step_1\",\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"Hel\"}]}}}\n\n",
+    "event: message\r\ndata: {\"event\":\"on_message_delta\",\"data\":{\"id\":\"step_1\",\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"lo ✓\"}]}}}\r\n\r\n",
+    "event: message\ndata: {\"event\":\"on_token_usage\",\"data\":{\"input_tokens\":812,\"output_tokens\":95,\"total_tokens\":907,\"input_token_details\":{\"cache_creation\":0,\"cache_read\":0},\"model\":\"gpt-4o\",\"provider\":\"openAI\",\"runId\":\"run-1\",\"seq\":0,\"cost\":0.003}}\n\n",
+    "retry: 1000\n\n",
+    "event: message\ndata: {\"event\":\"on_token_usage\",\"data\":{\"input_tokens\":40,\"output_tokens\":8,\"total_tokens\":48,\"model\":\"gpt-4o-mini\",\"provider\":\"openAI\",\"usage_type\":\"title\",\"runId\":\"run-1\",\"seq\":1}}\n\n",
+    "event: message\ndata: {\"final\":true,\"conversation\":{\"conversationId\":\"conv-1\",\"endpoint\":\"openAI\",\"model\":\"gpt-4o\",\"title\":\"Hello\"},\"requestMessage\":{\"messageId\":\"u1\",\"tokenCount\":12},\"responseMessage\":{\"messageId\":\"a1\",\"model\":\"gpt-4o\",\"tokenCount\":95,\"metadata\":{\"usage\":{\"input\":852,\"output\":103}}}}\n\n",
+    "event: message\ndata: {\"final\":true,\"reconcile\":true}\n\n",
+);
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::usage::sse::SseParser;
@@ -546,21 +562,6 @@ mod tests {
         assert_eq!(state.conversation.as_deref(), Some("c"));
         assert_eq!(state.endpoint.as_deref(), Some("agents"));
     }
-
-    /// A recorded LibreChat 0.8.7 agents stream: created, deltas, two model
-    /// calls' usage, the final event and a reconcile frame.
-    pub const RECORDED: &str = concat!(
-        "event: message\ndata: {\"created\":true,\"message\":{\"messageId\":\"u1\",\"conversationId\":\"conv-1\",\"text\":\"hi\"},\"streamId\":\"conv-1\"}\n\n",
-        ": ping\n\n",
-        "event: message\ndata: {\"event\":\"on_run_step\",\"data\":{\"id\":\"step_1\",\"runId\":\"run-1\"}}\n\n",
-        "event: message\ndata: {\"event\":\"on_message_delta\",\"data\":{\"id\":\"step_1\",\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"Hel\"}]}}}\n\n",
-        "event: message\r\ndata: {\"event\":\"on_message_delta\",\"data\":{\"id\":\"step_1\",\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"lo ✓\"}]}}}\r\n\r\n",
-        "event: message\ndata: {\"event\":\"on_token_usage\",\"data\":{\"input_tokens\":812,\"output_tokens\":95,\"total_tokens\":907,\"input_token_details\":{\"cache_creation\":0,\"cache_read\":0},\"model\":\"gpt-4o\",\"provider\":\"openAI\",\"runId\":\"run-1\",\"seq\":0,\"cost\":0.003}}\n\n",
-        "retry: 1000\n\n",
-        "event: message\ndata: {\"event\":\"on_token_usage\",\"data\":{\"input_tokens\":40,\"output_tokens\":8,\"total_tokens\":48,\"model\":\"gpt-4o-mini\",\"provider\":\"openAI\",\"usage_type\":\"title\",\"runId\":\"run-1\",\"seq\":1}}\n\n",
-        "event: message\ndata: {\"final\":true,\"conversation\":{\"conversationId\":\"conv-1\",\"endpoint\":\"openAI\",\"model\":\"gpt-4o\",\"title\":\"Hello\"},\"requestMessage\":{\"messageId\":\"u1\",\"tokenCount\":12},\"responseMessage\":{\"messageId\":\"a1\",\"model\":\"gpt-4o\",\"tokenCount\":95,\"metadata\":{\"usage\":{\"input\":852,\"output\":103}}}}\n\n",
-        "event: message\ndata: {\"final\":true,\"reconcile\":true}\n\n",
-    );
 
     fn run(pieces: &[&[u8]]) -> (StreamState, Vec<Count>) {
         let mut parser = SseParser::default();

@@ -54,6 +54,7 @@ impl Db {
     /// A pool for `url` (`postgres://…` or `host=… user=…`); connects lazily.
     /// Must be called inside a Tokio runtime; connections live on it.
     pub fn new(url: &str) -> Result<Db, DbError> {
+        let (url, root_cert) = split_root_cert(url);
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Url(e.to_string()))?;
@@ -61,7 +62,7 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name("chatgate");
         }
-        let tls = MakeRustlsConnect::new(tls_config().map_err(DbError::Url)?);
+        let tls = MakeRustlsConnect::new(tls_config(root_cert.as_deref()).map_err(DbError::Url)?);
         let manager = Manager::from_config(
             config,
             tls,
@@ -238,6 +239,38 @@ impl Db {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_both_url_forms() {
+        let (url, root) = split_root_cert(
+            "postgres://u:p@db.x.supabase.co:5432/postgres?sslmode=require&sslrootcert=/etc/ca.crt",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db.x.supabase.co:5432/postgres?sslmode=require"
+        );
+        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
+        let (url, root) = split_root_cert("host=db user=u sslrootcert=/etc/ca.crt sslmode=require");
+        assert_eq!(url, "host=db user=u sslmode=require");
+        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
+        let (url, root) = split_root_cert("postgres://db/x");
+        assert_eq!((url.as_str(), root), ("postgres://db/x", None));
+    }
+
+    #[tokio::test]
+    async fn a_url_tokio_postgres_cannot_read_is_named() {
+        let error = Db::new("postgres://db/x?nonsense=1").unwrap_err();
+        assert!(
+            error.to_string().starts_with("usage.postgres_url:"),
+            "{error}"
+        );
+        assert!(Db::new("postgres://db/x?sslrootcert=/nowhere.pem").is_err());
+    }
+}
+
 async fn timed<T>(
     work: impl std::future::Future<Output = Result<T, DbError>>,
 ) -> Result<T, DbError> {
@@ -246,12 +279,64 @@ async fn timed<T>(
         .unwrap_or(Err(DbError::Timeout(STATEMENT_TIMEOUT)))
 }
 
-/// rustls on aws-lc-rs only, trusting the system's roots.
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+/// libpq's `sslrootcert=<file>` (which tokio-postgres does not know),
+/// taken out of the URL or `key=value` string: Supabase's server
+/// certificate is signed by its own CA, downloaded from the project's
+/// database settings.
+fn split_root_cert(url: &str) -> (String, Option<String>) {
+    if let Ok(mut parsed) = url::Url::parse(url) {
+        let mut root = None;
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                if k == "sslrootcert" {
+                    root = Some(v.into_owned());
+                    None
+                } else {
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        if root.is_some() {
+            parsed.set_query(None);
+            if !kept.is_empty() {
+                parsed.query_pairs_mut().extend_pairs(kept);
+            }
+            return (parsed.to_string(), root);
+        }
+        return (url.to_owned(), None);
+    }
+    let mut root = None;
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|part| match part.strip_prefix("sslrootcert=") {
+            Some(path) => {
+                root = Some(path.trim_matches('\'').to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join(" "), root)
+}
+
+/// rustls on aws-lc-rs only, trusting the system's roots and `root_cert`.
+fn tls_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         let _ = roots.add(cert);
+    }
+    if let Some(path) = root_cert {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+        }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)

@@ -341,3 +341,150 @@ impl Drop for TapBody {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+
+    use super::*;
+    use crate::config::{Secret, UsageConfig};
+    use crate::usage::aggregate::Record;
+    use crate::usage::spool::Spool;
+
+    /// A meter whose Postgres never answers: counts stay in its spool,
+    /// where the test reads them.
+    fn meter(spool: &std::path::Path) -> Arc<Meter> {
+        let config = UsageConfig {
+            postgres_url: Some(Secret::new("postgres://127.0.0.1:1/none?connect_timeout=1")),
+            flush_interval: Duration::from_secs(3600),
+            spool_dir: spool.to_owned(),
+            drain_timeout: Duration::from_secs(60),
+            prices: Vec::new(),
+        };
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
+        Meter::start(&config, store).unwrap().unwrap()
+    }
+
+    fn metered(meter: &Arc<Meter>, route: ChatRoute) -> Metered {
+        Metered {
+            meter: meter.clone(),
+            who: Who {
+                org: "6f1c1a52-1f2e-4a47-9c1b-2b1e1d6c0a01".into(),
+                user: "0b5e8a3e-52c8-4c1e-8d6c-6d2f1f0e9b02".into(),
+            },
+            route,
+            chat: None,
+        }
+    }
+
+    fn sse_response(body: ProxyBody) -> Response<ProxyBody> {
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    }
+
+    async fn spooled(dir: &std::path::Path, want: usize) -> Vec<Record> {
+        for _ in 0..500 {
+            let spool = Spool::open(dir, u64::MAX).unwrap();
+            let mut records = Vec::new();
+            for segment in spool.pending() {
+                records.extend(spool.read(&segment).unwrap().0);
+            }
+            if records.len() >= want {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {want} records were spooled");
+    }
+
+    /// The recorded stream with bad input mixed in: a non-JSON `data:`
+    /// line, a negative count, a comment and `\r\n` endings.
+    fn stream_with_bad_input() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"data: not json, mentions on_token_usage and \"final\"\r\n\r\n");
+        bytes.extend_from_slice(b": a comment\n\nevent: message\ndata: {\"event\":\"on_token_usage\",\"data\":{\"input_tokens\":-40,\"output_tokens\":5,\"runId\":\"r\",\"seq\":9}}\n\n");
+        bytes.extend_from_slice(count::RECORDED.as_bytes());
+        bytes
+    }
+
+    #[tokio::test]
+    async fn the_client_gets_every_byte_unchanged_and_the_stream_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let meter = meter(dir.path());
+        let bytes = stream_with_bad_input();
+        let pieces: Vec<Result<Frame<Bytes>, BoxError>> = bytes
+            .chunks(7)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(pieces)).boxed_unsync();
+        let response = wrap(Some(metered(&meter, ChatRoute::Post)), sse_response(body));
+        let received = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(received, bytes, "the client receives the stream unchanged");
+
+        let records = spooled(dir.path(), 3).await;
+        let tokens: u64 = records.iter().map(|r| r.tokens).sum();
+        let messages: u64 = records.iter().map(|r| r.messages).sum();
+        let cost: i64 = records.iter().map(|r| r.cost_nanos).sum();
+        assert_eq!((tokens, messages, cost), (812 + 95 + 40 + 8, 1, 3_000_000));
+        assert!(records.iter().all(|r| r.conv.as_deref() == Some("conv-1")));
+        assert!(records
+            .iter()
+            .any(|r| r.endpoint.as_deref() == Some("openAI")));
+        assert_eq!(meter.stats.events_rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_client_left_is_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let meter = meter(dir.path());
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let frames = tokio_stream_of(receiver).map(|b| Ok::<_, BoxError>(Frame::data(b)));
+        let body = StreamBody::new(frames).boxed_unsync();
+        let response = wrap(
+            Some(metered(
+                &meter,
+                ChatRoute::Stream {
+                    stream_id: "conv-1".into(),
+                },
+            )),
+            sse_response(body),
+        );
+        let mut body = response.into_body();
+        let (first, rest) = count::RECORDED.as_bytes().split_at(100);
+        sender.send(Bytes::copy_from_slice(first)).unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body); // the client leaves
+        assert_eq!(meter.stats.drains_running.load(Ordering::Relaxed), 1);
+        sender.send(Bytes::copy_from_slice(rest)).unwrap();
+        drop(sender);
+
+        let records = spooled(dir.path(), 3).await;
+        let tokens: u64 = records.iter().map(|r| r.tokens).sum();
+        assert_eq!(tokens, 812 + 95 + 40 + 8);
+        assert_eq!(
+            records.iter().map(|r| r.messages).sum::<u64>(),
+            0,
+            "a GET is no new message"
+        );
+        for _ in 0..500 {
+            if meter.stats.drains_running.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the drain never ended");
+    }
+
+    fn tokio_stream_of(
+        mut receiver: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    ) -> impl futures_util::Stream<Item = Bytes> {
+        futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+    }
+}
