@@ -150,7 +150,7 @@ fn plan_for(i: usize) -> (String, Plan) {
         .collect();
     let final_usage = (calls == 0 && next(2) == 0).then(|| (10 + next(500), 5 + next(300)));
     let plan = Plan {
-        resumable: i % 2 == 0,
+        resumable: i.is_multiple_of(2),
         usage,
         final_usage,
         deltas: 2,

@@ -221,9 +221,8 @@ fn count(value: Option<&Value>) -> Result<u64, &'static str> {
     if value.is_null() {
         return Ok(0);
     }
-    let n = match value {
-        Value::Number(n) => n,
-        _ => return Err("a token count that is not a number"),
+    let Value::Number(n) = value else {
+        return Err("a token count that is not a number");
     };
     let whole = if let Some(u) = n.as_u64() {
         u

@@ -239,38 +239,6 @@ impl Db {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sslrootcert_is_taken_out_of_both_url_forms() {
-        let (url, root) = split_root_cert(
-            "postgres://u:p@db.x.supabase.co:5432/postgres?sslmode=require&sslrootcert=/etc/ca.crt",
-        );
-        assert_eq!(
-            url,
-            "postgres://u:p@db.x.supabase.co:5432/postgres?sslmode=require"
-        );
-        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
-        let (url, root) = split_root_cert("host=db user=u sslrootcert=/etc/ca.crt sslmode=require");
-        assert_eq!(url, "host=db user=u sslmode=require");
-        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
-        let (url, root) = split_root_cert("postgres://db/x");
-        assert_eq!((url.as_str(), root), ("postgres://db/x", None));
-    }
-
-    #[tokio::test]
-    async fn a_url_tokio_postgres_cannot_read_is_named() {
-        let error = Db::new("postgres://db/x?nonsense=1").unwrap_err();
-        assert!(
-            error.to_string().starts_with("usage.postgres_url:"),
-            "{error}"
-        );
-        assert!(Db::new("postgres://db/x?sslrootcert=/nowhere.pem").is_err());
-    }
-}
-
 async fn timed<T>(
     work: impl std::future::Future<Output = Result<T, DbError>>,
 ) -> Result<T, DbError> {
@@ -344,4 +312,36 @@ fn tls_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_both_url_forms() {
+        let (url, root) = split_root_cert(
+            "postgres://u:p@db.x.supabase.co:5432/postgres?sslmode=require&sslrootcert=/etc/ca.crt",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db.x.supabase.co:5432/postgres?sslmode=require"
+        );
+        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
+        let (url, root) = split_root_cert("host=db user=u sslrootcert=/etc/ca.crt sslmode=require");
+        assert_eq!(url, "host=db user=u sslmode=require");
+        assert_eq!(root.as_deref(), Some("/etc/ca.crt"));
+        let (url, root) = split_root_cert("postgres://db/x");
+        assert_eq!((url.as_str(), root), ("postgres://db/x", None));
+    }
+
+    #[tokio::test]
+    async fn a_url_tokio_postgres_cannot_read_is_named() {
+        let error = Db::new("postgres://db/x?nonsense=1").unwrap_err();
+        assert!(
+            error.to_string().starts_with("usage.postgres_url:"),
+            "{error}"
+        );
+        assert!(Db::new("postgres://db/x?sslrootcert=/nowhere.pem").is_err());
+    }
 }
