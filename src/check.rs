@@ -66,7 +66,7 @@ async fn postgres_line(config: &Config) -> Option<CheckLine> {
             ok: false,
             what,
             detail: format!(
-                "{detail}; until it answers, counts wait in {}",
+                "{detail}; until this passes, counts wait in {}",
                 config.usage.spool_dir.display()
             ),
         },

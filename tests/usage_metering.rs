@@ -666,3 +666,117 @@ async fn spawn_chatgate(config: &Path, addr: SocketAddr) -> Child {
     .await;
     child
 }
+
+/// SIGTERM with counts not yet flushed: they are written within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_the_last_counts_within_the_grace() {
+    let pg = PostgresServer::start_with_schema().await;
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let instance = StandInLibreChat::start("lc-0").await;
+    let users = users(&supabase, &[2, 2]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut gate = GateConfig::new(&[instance.url()]).with_supabase(&supabase);
+    gate.listen = format!("127.0.0.1:{port}");
+    gate.log_level = "warn".to_owned();
+    gate.shutdown_grace = "3s".to_owned();
+    let addr: SocketAddr = gate.listen.parse().unwrap();
+    let config_text = format!(
+        "{}{}",
+        gate.toml(),
+        usage_toml(&pg.url(), &dir.path().join("spool"), "1h")
+    );
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config_text).unwrap();
+    let mut child = spawn_chatgate(&config_path, addr).await;
+    eventually("the first flush ran", || async {
+        metric(
+            &get_status(addr, "/metrics").await.1,
+            "chatgate_usage_postgres_up",
+        ) == 1
+    })
+    .await;
+
+    let mut expected = Expected::default();
+    let mut records = 0;
+    for i in 0..12 {
+        let user = &users[i % users.len()];
+        let (model, plan) = plan_for(100 + i);
+        let conversation = chat(addr, addr, user, &model, &plan, None, Reader::Whole).await;
+        expected.chat(&user.org, &conversation, &model, &plan);
+        records += plan.usage.len() as u64 + 1 + u64::from(plan.resumable);
+    }
+    eventually("the counts are spooled", || async {
+        metric(
+            &get_status(addr, "/metrics").await.1,
+            "chatgate_usage_records_spooled_total",
+        ) == records
+    })
+    .await;
+    assert!(sums(&pg).await.is_empty(), "nothing flushed before SIGTERM");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "chatgate exits 0: {exit}");
+    // No restart: the counts are in Postgres already.
+    assert_eq!(sums(&pg).await, expected.orgs);
+    assert_eq!(sessions(&pg).await, expected.conversations);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "the spool is empty after the flush");
+}
+
+/// `chatgate check` tries the usage Postgres: schema present, role can write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatgate_check_tries_the_usage_postgres() {
+    let mut pg = PostgresServer::start_with_schema().await;
+    let empty = PostgresServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = GateConfig::new(&["http://127.0.0.1:9".to_owned()]);
+    let check = |url: String| {
+        let path = dir.path().join("proxy.toml");
+        let text = format!(
+            "{}{}",
+            gate.toml(),
+            usage_toml(&url, &dir.path().join("spool"), "10s")
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_chatgate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains("usage postgres"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no usage postgres line in:\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })
+            .to_owned()
+    };
+    let line = check(pg.url());
+    assert!(
+        line.starts_with("ok   usage postgres: reachable, schema present, role postgres can write"),
+        "{line}"
+    );
+    let line = check(empty.url());
+    assert!(line.starts_with("FAIL usage postgres:"), "{line}");
+    assert!(
+        line.contains("usage_batches"),
+        "names the missing table: {line}"
+    );
+    pg.stop_immediate();
+    let line = check(pg.url());
+    assert!(line.starts_with("FAIL usage postgres:"), "{line}");
+}

@@ -25,9 +25,26 @@ pub enum DbError {
     #[error("postgres: {0}")]
     Pool(String),
     #[error("postgres: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(String),
     #[error("postgres: timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    /// tokio-postgres says only "db error"; the server's own message
+    /// (`relation "usage_batches" does not exist`) is what an operator needs.
+    fn from(error: tokio_postgres::Error) -> Self {
+        match error.as_db_error() {
+            Some(db) => DbError::Query(format!("{} ({})", db.message(), db.code().code())),
+            None => {
+                let mut text = error.to_string();
+                if let Some(source) = std::error::Error::source(&error) {
+                    text = format!("{text}: {source}");
+                }
+                DbError::Query(text)
+            }
+        }
+    }
 }
 
 /// What happened to a batch.
@@ -83,7 +100,7 @@ impl Db {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => DbError::Query(e),
+            deadpool_postgres::PoolError::Backend(e) => DbError::from(e),
             deadpool_postgres::PoolError::Timeout(_) => DbError::Timeout(CONNECT_TIMEOUT),
             other => DbError::Pool(other.to_string()),
         })
