@@ -546,12 +546,31 @@ async fn two_replicas_count_two_hundred_chats_exactly_through_a_postgres_outage(
                 metrics.contains("chatgate_usage_postgres_up 0"),
                 "{metrics}"
             );
+            // While it is down the counts wait in the spools.
+            let (_, metrics) = get_status(addrs[0], "/metrics").await;
+            assert!(
+                metric(&metrics, "chatgate_usage_spool_bytes") > 0,
+                "{metrics}"
+            );
             pg.restart();
+        }
+        if phase == 0 {
+            assert_sums_reach(
+                &pg,
+                &expected,
+                "80 chats, two replicas, both shapes, leavers, resumes",
+            )
+            .await;
         }
     }
     assert_eq!(expected.orgs.values().map(|o| o.1).sum::<i64>(), 200);
     assert_eq!(expected.orgs.len(), 3);
-    assert_sums_reach(&pg, &expected, "two replicas, outage, resumes, leavers").await;
+    assert_sums_reach(
+        &pg,
+        &expected,
+        "200 chats, with a Postgres outage for 60 of them",
+    )
+    .await;
 
     let (_, metrics) = get_status(addrs[0], "/metrics").await;
     for family in [
