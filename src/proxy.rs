@@ -89,7 +89,7 @@ async fn phases(
     let mut upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
     ctx.identity = Some(identity);
     let metered = usage::tap::begin(
-        app,
+        app.usage.as_ref(),
         ctx,
         &upstream_request.method,
         upstream_request.path_and_query.path(),

@@ -20,7 +20,6 @@ use http_body_util::BodyExt;
 use super::count::{self, ChatRoute, StreamState};
 use super::sse::SseParser;
 use super::{Link, Meter, Observation, Who};
-use crate::app::App;
 use crate::body::{self, ProxyBody};
 use crate::context::{ChatRequest, RequestContext};
 use crate::error::BoxError;
@@ -42,13 +41,13 @@ pub struct Metered {
 /// done) when metering is off, the request is not a chat, or nobody is
 /// signed in.
 pub fn begin(
-    app: &App,
+    meter: Option<&Arc<Meter>>,
     ctx: &RequestContext,
     method: &Method,
     path: &str,
     headers: &mut HeaderMap,
 ) -> Option<Metered> {
-    let meter = app.usage.as_ref()?;
+    let meter = meter?;
     let route = count::classify(method, path)?;
     let identity = ctx.identity.as_ref()?;
     headers.insert(
@@ -480,6 +479,29 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the drain never ended");
+    }
+
+    #[tokio::test]
+    async fn a_resumable_chat_s_json_answer_is_one_message_unless_it_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meter = meter(dir.path());
+        for status in ["resumed", "started"] {
+            let json = format!(
+                r#"{{"streamId":"c-{status}","conversationId":"c-{status}","status":"{status}"}}"#
+            );
+            let mut response = Response::new(body::full(json.clone()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            let response = wrap(Some(metered(&meter, ChatRoute::Post)), response);
+            let received = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(received, json.as_bytes());
+        }
+        let records = spooled(dir.path(), 1).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].messages, 1);
+        assert_eq!(records[0].conv.as_deref(), Some("c-started"));
     }
 
     fn tokio_stream_of(
