@@ -101,11 +101,7 @@ pub enum Seen {
 /// Reads one SSE event; `None` for events that mean nothing to the meter.
 pub fn read_event(event: SseEvent<'_>) -> Option<Seen> {
     let data = event.data;
-    // Cheap filters first: most events are content deltas.
-    let interesting = memchr::memmem::find(data, b"on_token_usage").is_some()
-        || memchr::memmem::find(data, b"\"final\"").is_some()
-        || memchr::memmem::find(data, b"\"created\"").is_some();
-    if !interesting {
+    if !may_count(data) {
         return None;
     }
     let value: Value = serde_json::from_slice(data).ok()?;
@@ -150,6 +146,22 @@ pub fn read_event(event: SseEvent<'_>) -> Option<Seen> {
         return Some(Seen::Created { conversation });
     }
     None
+}
+
+/// Cheap filters before any JSON parsing: most events are content deltas.
+/// LibreChat writes `{"event":"on_…","data":…}` with `event` first, so a
+/// graph event other than `on_token_usage` is known by its first bytes;
+/// anything else is parsed only when it names a key the meter reads.
+fn may_count(data: &[u8]) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"on_token_usage"));
+    static FINAL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"final\""));
+    static CREATED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"created\""));
+    if let Some(name) = data.strip_prefix(b"{\"event\":\"on_") {
+        return name.starts_with(b"token_usage\"");
+    }
+    USAGE.find(data).is_some() || FINAL.find(data).is_some() || CREATED.find(data).is_some()
 }
 
 fn token_usage(data: &Value) -> Result<Tokens, &'static str> {
@@ -510,6 +522,10 @@ mod tests {
         assert_eq!(seen("not json with on_token_usage in it"), None);
         assert_eq!(seen("[\"final\"]"), None);
         assert_eq!(seen(r#"{"event":"on_message_delta","data":{}}"#), None);
+        // A delta that talks about usage is still a delta.
+        let chatty =
+            r#"{"event":"on_message_delta","data":{"text":"on_token_usage \"final\":true"}}"#;
+        assert_eq!(seen(chatty), None);
         assert_eq!(seen(r#"{"final":true,"reconcile":true}"#), None);
     }
 
