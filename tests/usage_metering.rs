@@ -191,6 +191,7 @@ async fn chat(
         &[
             ("cookie", &user.cookie),
             ("content-type", "application/json"),
+            (support::librechat_chat::OPT_IN, "1"),
         ],
         Bytes::from(body),
     );

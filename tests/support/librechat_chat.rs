@@ -5,6 +5,9 @@
 //! replays the whole generation to every reader (a resumed stream replays
 //! what it missed). The generation runs whether or not anyone reads it.
 //!
+//! Only requests that opt in (header [`OPT_IN`]) are answered here; other
+//! chat POSTs get the stand-in's echo, as before.
+//!
 //! The test decides what is generated: the POST's JSON body carries an
 //! `x_plan` ([`Plan`]) next to LibreChat's own fields, so the test knows
 //! exactly which tokens and costs were emitted.
@@ -79,9 +82,21 @@ fn generations() -> &'static Mutex<HashMap<String, Arc<Generation>>> {
     MAP.get_or_init(Default::default)
 }
 
-/// Whether `path` is one of the chat routes served here.
-pub fn is_chat(path: &str) -> bool {
-    path.starts_with("/api/agents/chat")
+/// The header a test's chat POST carries to be answered here; without it
+/// the instance echoes the request as for any other path (what tests of
+/// the request rewriting read).
+pub const OPT_IN: &str = "x-stand-in-chat";
+
+/// Whether the request is for the chat routes served here: a chat POST
+/// with [`OPT_IN`], or the stream of a generation started here.
+pub fn is_chat(req: &Request<Incoming>) -> bool {
+    let path = req.uri().path();
+    if let Some(stream_id) = path.strip_prefix("/api/agents/chat/stream/") {
+        return generations().lock().unwrap().contains_key(stream_id);
+    }
+    req.method() == http::Method::POST
+        && path.starts_with("/api/agents/chat")
+        && req.headers().contains_key(OPT_IN)
 }
 
 pub async fn handle(req: Request<Incoming>) -> Response<ResBody> {
