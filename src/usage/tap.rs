@@ -356,11 +356,15 @@ mod tests {
     /// A meter whose Postgres never answers: counts stay in its spool,
     /// where the test reads them.
     fn meter(spool: &std::path::Path) -> Arc<Meter> {
+        meter_draining_for(spool, Duration::from_secs(60))
+    }
+
+    fn meter_draining_for(spool: &std::path::Path, drain_timeout: Duration) -> Arc<Meter> {
         let config = UsageConfig {
             postgres_url: Some(Secret::new("postgres://127.0.0.1:1/none?connect_timeout=1")),
             flush_interval: Duration::from_secs(3600),
             spool_dir: spool.to_owned(),
-            drain_timeout: Duration::from_secs(60),
+            drain_timeout,
             prices: Vec::new(),
         };
         let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
@@ -472,13 +476,7 @@ mod tests {
             0,
             "a GET is no new message"
         );
-        for _ in 0..500 {
-            if meter.stats.drains_running.load(Ordering::Relaxed) == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the drain never ended");
+        drains_end(&meter).await;
     }
 
     #[tokio::test]
@@ -502,6 +500,72 @@ mod tests {
         assert_eq!(records.len(), 1, "{records:?}");
         assert_eq!(records[0].messages, 1);
         assert_eq!(records[0].conv.as_deref(), Some("c-started"));
+    }
+
+    /// The first part of the recorded stream: `created` and the first
+    /// `on_token_usage` event (812 + 95 tokens), nothing after.
+    fn first_part() -> Bytes {
+        let recorded = count::RECORDED.as_bytes();
+        let end = memchr::memmem::find(recorded, b"retry: 1000").unwrap();
+        Bytes::copy_from_slice(&recorded[..end])
+    }
+
+    /// An upstream stream that sends `first` and then stays open.
+    fn stalled_after(first: Bytes) -> (tokio::sync::mpsc::UnboundedSender<Bytes>, ProxyBody) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        sender.send(first).unwrap();
+        let frames = tokio_stream_of(receiver).map(|b| Ok::<_, BoxError>(Frame::data(b)));
+        (sender, StreamBody::new(frames).boxed_unsync())
+    }
+
+    async fn drains_end(meter: &Meter) {
+        for _ in 0..500 {
+            if meter.stats.drains_running.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the drain never ended");
+    }
+
+    #[tokio::test]
+    async fn a_drain_ends_at_the_drain_timeout_with_what_it_read_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let meter = meter_draining_for(dir.path(), Duration::from_millis(200));
+        let (_upstream_stays_open, body) = stalled_after(first_part());
+        let response = wrap(Some(metered(&meter, ChatRoute::Post)), sse_response(body));
+        drop(response); // the client leaves before reading anything
+        assert_eq!(meter.stats.drains_running.load(Ordering::Relaxed), 1);
+        drains_end(&meter).await;
+        let records = spooled(dir.path(), 2).await;
+        assert_eq!(records.iter().map(|r| r.tokens).sum::<u64>(), 812 + 95);
+        assert_eq!(
+            records.iter().map(|r| r.messages).sum::<u64>(),
+            1,
+            "the POST is a message"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_drain_cap_a_stream_is_counted_as_far_as_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let meter = meter(dir.path());
+        let _all_drains_busy = meter
+            .drains
+            .clone()
+            .acquire_many_owned(crate::usage::MAX_DRAINS as u32)
+            .await
+            .unwrap();
+        let (_upstream_stays_open, body) = stalled_after(first_part());
+        let response = wrap(Some(metered(&meter, ChatRoute::Post)), sse_response(body));
+        let mut body = response.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(meter.stats.drains_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(meter.stats.drains_running.load(Ordering::Relaxed), 0);
+        let records = spooled(dir.path(), 2).await;
+        assert_eq!(records.iter().map(|r| r.tokens).sum::<u64>(), 812 + 95);
+        assert_eq!(records.iter().map(|r| r.messages).sum::<u64>(), 1);
     }
 
     fn tokio_stream_of(
