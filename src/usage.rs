@@ -61,6 +61,12 @@ pub fn quota_key(org: &str, month: &str) -> String {
     format!("chatgate:quota:{org}:{month}")
 }
 
+/// The month counter of `org` for the current UTC month, the key the
+/// organization policy's `max_tokens` check reads.
+pub fn current_quota_key(org: &str) -> String {
+    quota_key(org, &aggregate::today()[..7])
+}
+
 fn stream_key(stream_id: &str) -> String {
     format!("chatgate:usage:stream:{stream_id}")
 }
@@ -531,6 +537,13 @@ impl FlushTask {
         for segment in pending {
             let (records, bad) = match self.spool.read(&segment) {
                 Ok(read) => read,
+                Err(SpoolError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    // Removed by hand: nothing left to send.
+                    let _ = self.spool.remove(&segment);
+                    continue;
+                }
                 Err(error) => {
                     tracing::error!(%error, "usage: cannot read a spool segment");
                     return;

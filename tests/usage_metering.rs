@@ -660,10 +660,9 @@ async fn a_killed_replica_sends_its_spooled_counts_when_started_again() {
     let mut child = spawn_chatgate(&config_path, addr).await;
     assert_sums_reach(&pg, &expected, "kill -9 with unflushed counts").await;
     // The organizations' month counters in Redis agree with Postgres.
-    let month = &chatgate::usage::aggregate::today()[..7];
     for (org, (tokens, _, _)) in &expected.orgs {
         let counter = redis
-            .command(&["GET", &chatgate::usage::quota_key(org, month)])
+            .command(&["GET", &chatgate::usage::current_quota_key(org)])
             .text()
             .unwrap_or_default();
         assert_eq!(counter, tokens.to_string(), "month counter of {org}");
