@@ -276,6 +276,12 @@ impl Body for TapBody {
                 if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
                     tap.feed(data);
                 }
+                // hyper may stop polling a body that says it has ended.
+                if this.inner.is_end_stream() {
+                    if let Some(mut tap) = this.tap.take() {
+                        tap.finish();
+                    }
+                }
             }
             Poll::Ready(Some(Err(_)) | None) => {
                 if let Some(mut tap) = this.tap.take() {
@@ -496,6 +502,12 @@ mod tests {
             let received = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(received, json.as_bytes());
         }
+        assert_eq!(
+            meter.stats.drains_running.load(Ordering::Relaxed)
+                + meter.stats.drains_refused.load(Ordering::Relaxed),
+            0,
+            "a body read to its end needs no drain"
+        );
         let records = spooled(dir.path(), 1).await;
         assert_eq!(records.len(), 1, "{records:?}");
         assert_eq!(records[0].messages, 1);
