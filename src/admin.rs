@@ -21,11 +21,17 @@ pub async fn route(app: &App, method: &Method, path: &str) -> Option<Response<Pr
             Bytes::from_static(b"ok"),
         )),
         "/readyz" => Some(readyz(app).await),
-        "/metrics" => Some(text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(app.metrics.render(&app.pool, app.is_draining())),
-        )),
+        "/metrics" => {
+            let mut out = app.metrics.render(&app.pool, app.is_draining());
+            if let Some(meter) = &app.usage {
+                meter.render_metrics(&mut out);
+            }
+            Some(text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(out),
+            ))
+        }
         _ => None,
     }
 }
@@ -47,6 +53,12 @@ async fn readyz(app: &App) -> Response<ProxyBody> {
         if let Err(error) = app.store.ping().await {
             reasons.push(format!("store: {error}"));
         }
+    }
+    // SPEC section 4: a Postgres that does not answer is named but keeps
+    // 200; counts wait in the spool meanwhile (section 11).
+    let mut degraded = Vec::new();
+    if let Some(error) = app.usage.as_ref().and_then(|meter| meter.degraded()) {
+        degraded.push(format!("usage postgres: {error}"));
     }
     let upstreams: Vec<_> = app
         .pool
@@ -72,6 +84,7 @@ async fn readyz(app: &App) -> Response<ProxyBody> {
     let body = serde_json::json!({
         "status": word,
         "reasons": reasons,
+        "degraded": degraded,
         "healthy_upstreams": healthy,
         "upstreams": upstreams,
         "store": { "kind": app.store.kind(), "sticky_pins": sticky_pins },

@@ -72,6 +72,9 @@ pub struct App {
     pub quota: QuotaReader,
     /// The pool's model specs, for chats that name one (SPEC 10).
     pub model_specs: SpecCache,
+    /// Usage metering (SPEC section 11), when `usage.postgres_url` is set.
+    /// Started by `server::start` and shared by the Apps a reload swaps.
+    pub usage: Option<Arc<crate::usage::Meter>>,
     draining: AtomicBool,
 }
 
@@ -117,6 +120,7 @@ impl App {
             tunnels: TaskTracker::new(),
             quota,
             model_specs,
+            usage: None,
             draining: AtomicBool::new(false),
         })
     }

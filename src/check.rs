@@ -42,7 +42,35 @@ pub async fn run(config: &Config, path: &Path) -> Vec<CheckLine> {
     }
     lines.push(store_line(config).await);
     lines.push(supabase_line(config).await);
+    if let Some(line) = postgres_line(config).await {
+        lines.push(line);
+    }
     lines
+}
+
+/// SPEC section 11: reachable, the schema is there, the role can write.
+async fn postgres_line(config: &Config) -> Option<CheckLine> {
+    let url = config.usage.postgres_url.as_ref()?;
+    let what = "usage postgres".to_owned();
+    let result = match crate::usage::postgres::Db::new(url.expose()) {
+        Ok(db) => db.check().await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    Some(match result {
+        Ok(detail) => CheckLine {
+            ok: true,
+            what,
+            detail,
+        },
+        Err(detail) => CheckLine {
+            ok: false,
+            what,
+            detail: format!(
+                "{detail}; until this passes, counts wait in {}",
+                config.usage.spool_dir.display()
+            ),
+        },
+    })
 }
 
 async fn store_line(config: &Config) -> CheckLine {

@@ -191,7 +191,26 @@ pub struct UsageConfig {
     pub postgres_url: Option<Secret>,
     /// How often counts are written; never zero.
     pub flush_interval: Duration,
+    /// The local spool, resolved against the config file's directory.
+    pub spool_dir: PathBuf,
+    /// How long a stream whose client left is still read; never zero.
+    pub drain_timeout: Duration,
+    /// `[usage.prices]`, in file order; entries match models as in SPEC section 10.
+    pub prices: Vec<ModelPrice>,
 }
+
+/// One `[usage.prices]` entry. Prices are kept as integers, in pico-USD per
+/// token (= micro-USD per million tokens), so that costs add up exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPrice {
+    /// The entry's name: a model, a `<prefix>` of `<prefix>-…`, or a `*` glob.
+    pub model: String,
+    pub input_pico_usd: u64,
+    pub output_pico_usd: u64,
+}
+
+/// The highest price accepted, in USD per million tokens.
+pub const MAX_PRICE_USD_PER_MILLION: f64 = 1_000_000.0;
 
 /// `[log]`: log output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -616,6 +635,17 @@ fn env_value(var: &str, text: &str, default: &Value) -> Result<Value, ConfigErro
             .map(Value::Integer)
             .map_err(|e| err(format!("expected an integer, got {text:?}: {e}"))),
         Value::Array(_) => env_list(text).map_err(err),
+        // `[usage.prices]`: a TOML inline table, `{ "gpt-4o" = { input = 2.5, output = 10.0 } }`.
+        Value::Table(_) => match toml::from_str::<Table>(&format!("table = {}", text.trim())) {
+            Ok(mut parsed) => match parsed.remove("table") {
+                Some(table @ Value::Table(_)) => Ok(table),
+                _ => Err(err("expected a TOML inline table".into())),
+            },
+            Err(e) => Err(err(format!(
+                "not a TOML inline table: {}",
+                one_line(e.message())
+            ))),
+        },
         other => Err(err(format!("cannot set a {} key", other.type_str()))),
     }
 }
@@ -954,7 +984,88 @@ impl Check<'_> {
             postgres_url,
             // Never zero: a zero period makes a timer spin (tokio's interval panics).
             flush_interval: self.positive_duration("usage.flush_interval", &raw.flush_interval)?,
+            spool_dir: self.path("usage.spool_dir", &raw.spool_dir)?,
+            drain_timeout: self.positive_duration("usage.drain_timeout", &raw.drain_timeout)?,
+            prices: self.prices(&raw.prices)?,
         })
+    }
+
+    /// `[usage.prices]`: each entry `{ input = <USD per million>, output = <…> }`.
+    fn prices(&self, table: &Table) -> Result<Vec<ModelPrice>, ConfigError> {
+        let mut prices = Vec::with_capacity(table.len());
+        for (model, entry) in table {
+            let key = format!("usage.prices.{model:?}");
+            let Value::Table(entry) = entry else {
+                return Err(self.err_under(
+                    "usage.prices",
+                    &key,
+                    "expected { input = …, output = … }",
+                ));
+            };
+            if model.is_empty() {
+                return Err(self.err_under(
+                    "usage.prices",
+                    &key,
+                    "the model name must not be empty",
+                ));
+            }
+            if let Some(unknown) = entry
+                .keys()
+                .find(|k| !matches!(k.as_str(), "input" | "output"))
+            {
+                return Err(self.err_under(
+                    "usage.prices",
+                    &format!("{key}.{unknown}"),
+                    "unknown key (known: input, output)",
+                ));
+            }
+            let price = |name: &str| -> Result<u64, ConfigError> {
+                let key = format!("{key}.{name}");
+                let usd = match entry.get(name) {
+                    None => {
+                        return Err(self.err_under(
+                            "usage.prices",
+                            &key,
+                            "missing (USD per million tokens)",
+                        ))
+                    }
+                    Some(Value::Float(f)) => *f,
+                    Some(Value::Integer(i)) => *i as f64,
+                    Some(other) => {
+                        return Err(self.err_under(
+                            "usage.prices",
+                            &key,
+                            format!("expected a number, found {}", other.type_str()),
+                        ))
+                    }
+                };
+                if !(usd.is_finite() && (0.0..=MAX_PRICE_USD_PER_MILLION).contains(&usd)) {
+                    return Err(self.err_under(
+                        "usage.prices",
+                        &key,
+                        format!("must be between 0 and {MAX_PRICE_USD_PER_MILLION}, got {usd}"),
+                    ));
+                }
+                // USD per million tokens = micro-USD per token … × 1e6 = pico-USD per token.
+                Ok((usd * 1e6).round() as u64)
+            };
+            prices.push(ModelPrice {
+                model: model.clone(),
+                input_pico_usd: price("input")?,
+                output_pico_usd: price("output")?,
+            });
+        }
+        Ok(prices)
+    }
+
+    /// An error in a nested key, naming the environment variable that set
+    /// its section key, if one did.
+    fn err_under(&self, section_key: &str, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            env: self.from_env.get(section_key).cloned(),
+            message: message.into(),
+        }
     }
 
     fn log(&self, raw: file::Log) -> Result<LogConfig, ConfigError> {
@@ -1204,6 +1315,9 @@ mod tests {
         [usage]
         postgres_url = "postgres://meter:pg-password@db:5432/usage"
         flush_interval = "500ms"
+        spool_dir = "/var/spool/chatgate"
+        drain_timeout = "2m"
+        prices = { "gpt-4o" = { input = 2.5, output = 10 } }
 
         [log]
         format = "text"
@@ -1279,6 +1393,13 @@ mod tests {
             usage: UsageConfig {
                 postgres_url: Some(Secret::new("postgres://meter:pg-password@db:5432/usage")),
                 flush_interval: Duration::from_millis(500),
+                spool_dir: PathBuf::from("/var/spool/chatgate"),
+                drain_timeout: secs(120),
+                prices: vec![ModelPrice {
+                    model: "gpt-4o".into(),
+                    input_pico_usd: 2_500_000,
+                    output_pico_usd: 10_000_000,
+                }],
             },
             log: LogConfig {
                 format: LogFormat::Text,
@@ -1364,8 +1485,63 @@ mod tests {
         assert_eq!(config.store.sticky_ttl, secs(12 * 3600));
         assert_eq!(config.usage.postgres_url, None);
         assert_eq!(config.usage.flush_interval, secs(10));
+        assert_eq!(config.usage.spool_dir, PathBuf::from("usage-spool"));
+        assert_eq!(config.usage.drain_timeout, secs(600));
+        assert!(config.usage.prices.is_empty());
         assert_eq!(config.log.format, LogFormat::Json);
         assert_eq!(config.log.level, "info");
+    }
+
+    #[test]
+    fn usage_prices_come_from_the_file_or_the_environment_and_bad_ones_are_named() {
+        let config = load(
+            "[usage.prices]\n\"gpt-4o\" = { input = 2.5, output = 10.0 }\n\"claude-3*\" = { input = 3, output = 15 }\n",
+        )
+        .unwrap();
+        let names: Vec<_> = config
+            .usage
+            .prices
+            .iter()
+            .map(|p| p.model.as_str())
+            .collect();
+        assert_eq!(names, ["claude-3*", "gpt-4o"]);
+        assert_eq!(config.usage.prices[0].output_pico_usd, 15_000_000);
+        let from_env = load_env(
+            "",
+            &[(
+                "CHATGATE_USAGE_PRICES",
+                r#"{ "gpt-4o-mini" = { input = 0.15, output = 0.6 } }"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(from_env.usage.prices[0].input_pico_usd, 150_000);
+        assert_eq!(from_env.usage.prices[0].output_pico_usd, 600_000);
+
+        let message = error("[usage.prices]\n\"gpt-4o\" = { input = -1, output = 1 }\n");
+        assert!(
+            message.contains("usage.prices.\"gpt-4o\".input"),
+            "{message}"
+        );
+        let message = error("[usage.prices]\n\"gpt-4o\" = { input = 1, outptu = 1 }\n");
+        assert!(
+            message.contains("usage.prices.\"gpt-4o\".outptu"),
+            "{message}"
+        );
+        let message = error("[usage.prices]\n\"gpt-4o\" = 2.5\n");
+        assert!(message.contains("usage.prices.\"gpt-4o\""), "{message}");
+        let message = error_env(
+            "",
+            &[(
+                "CHATGATE_USAGE_PRICES",
+                "{ \"x\" = { input = \"a\", output = 1 } }",
+            )],
+        );
+        assert!(
+            message.contains("(from CHATGATE_USAGE_PRICES)"),
+            "{message}"
+        );
+        let message = error_env("", &[("CHATGATE_USAGE_PRICES", "gpt-4o=2")]);
+        assert!(message.starts_with("CHATGATE_USAGE_PRICES:"), "{message}");
     }
 
     #[test]

@@ -27,11 +27,13 @@
 //! refresh, organization), `librechat` (chatgate token, hand-off, OpenID
 //! provider, own routes, user switch), `upstream` (pool, health, sticky pins,
 //! rendezvous), `store` (memory, Redis, fail-fast guard), `admin`, `error`,
-//! `context` (per-request state), `body` (streaming, idle limit).
+//! `context` (per-request state), `body` (streaming, idle limit), `usage`
+//! (metering chat streams into Postgres).
 
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod calendar;
 pub mod check;
 pub mod config;
 pub mod context;
@@ -47,3 +49,4 @@ pub mod store;
 pub mod supabase;
 pub mod tls;
 pub mod upstream;
+pub mod usage;

@@ -9,6 +9,7 @@
 //!    `policy::apply`    — what the user's organization allows (SPEC 10)
 //! 4. `rewrite_request`  — the headers and URI LibreChat receives
 //! 5. `forward`          — pick an instance, send, retry once when safe
+//!    `usage::tap`       — chat answers are counted as they pass (SPEC 11)
 //! 6. `rewrite_response` — the headers the browser receives; lists narrowed
 //!    to the organization's policy
 //! 7. `log`              — one access-log line
@@ -33,6 +34,7 @@ use crate::error::ProxyError;
 use crate::librechat::routes;
 use crate::librechat::user_switch;
 use crate::policy;
+use crate::usage;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -88,9 +90,17 @@ async fn phases(
     let identity = identify::identify(app, ctx, line, request.headers()).await?;
     user_switch::check(ctx, line, &identity, request.headers_mut())?;
     let (request, filter) = policy::apply(app, ctx, &identity, request).await?;
-    let upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
+    let mut upstream_request = rewrite_request::rewrite(app, ctx, &identity, request)?;
     ctx.identity = Some(identity);
+    let metered = usage::tap::begin(
+        app.usage.as_ref(),
+        ctx,
+        &upstream_request.method,
+        upstream_request.path_and_query.path(),
+        &mut upstream_request.headers,
+    );
     let response = forward::forward(app, ctx, upstream_request).await?;
+    let response = usage::tap::wrap(metered, response);
     filter
         .apply(rewrite_response::rewrite(app, ctx, response))
         .await

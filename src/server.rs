@@ -132,6 +132,11 @@ impl Running {
         // Counters and open tunnels belong to the process, not to one config.
         app.metrics = old.metrics.clone();
         app.tunnels = old.tunnels.clone();
+        // The meter (its spool and tasks) belongs to the process as well.
+        app.usage = old.usage.clone();
+        if app.config.usage != old.config.usage {
+            tracing::warn!("changed [usage] settings take effect at the next restart");
+        }
         let app = Arc::new(app);
         spawn_health_checks(&app, self.options.health_interval);
         self.resolver.set(key);
@@ -175,7 +180,10 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         None => None,
     };
 
-    let app = Arc::new(App::new(config).await.map_err(StartError::Config)?);
+    let mut app = App::new(config).await.map_err(StartError::Config)?;
+    app.usage = crate::usage::Meter::start(&app.config.usage, app.store.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let app = Arc::new(app);
     let builder = Arc::new(http_builder(app.config.server.max_header_bytes));
     let http1 = Arc::new(http1_builder(app.config.server.max_header_bytes));
     let shutdown = CancellationToken::new();
@@ -542,6 +550,7 @@ async fn drain_on_shutdown(
     connections.close();
     app.tunnels.close();
     let rest = grace - grace / 3;
+    let deadline = tokio::time::Instant::now() + rest;
     let finished = tokio::time::timeout(rest, async {
         connections.wait().await;
         app.tunnels.wait().await;
@@ -553,6 +562,11 @@ async fn drain_on_shutdown(
             tunnels = app.tunnels.len(),
             "shutdown: grace over, closing what is left"
         );
+    }
+    // SPEC section 11: the last counts are flushed (or stay spooled) within the grace.
+    if let Some(meter) = &apps.load_full().usage {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        meter.close(left.max(Duration::from_secs(1))).await;
     }
     apps.load_full().background.cancel();
     workers_done.cancel();

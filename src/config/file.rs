@@ -246,6 +246,13 @@ pub struct Usage {
     pub postgres_url: String,
     /// How often counts are written, e.g. "10s".
     pub flush_interval: String,
+    /// Folder of the local spool, relative to the config file's folder.
+    pub spool_dir: String,
+    /// How long a stream whose client left is still read, e.g. "10m".
+    pub drain_timeout: String,
+    /// `[usage.prices]`: `model = { input = 2.5, output = 10.0 }`, USD per
+    /// million tokens. Kept as a table so that `config.rs` names the entry at fault.
+    pub prices: toml::Table,
 }
 
 impl Default for Usage {
@@ -253,6 +260,9 @@ impl Default for Usage {
         Self {
             postgres_url: String::new(),
             flush_interval: "10s".into(),
+            spool_dir: "usage-spool".into(),
+            drain_timeout: "10m".into(),
+            prices: toml::Table::new(),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! for a second per organization so a burst of chats costs one store call.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::calendar::{days_from_civil, unix_seconds, utc_date, utc_month};
 use crate::store::Store;
 
 /// How long a counter reading is reused on this replica.
@@ -13,8 +14,13 @@ const READ_TTL: Duration = Duration::from_secs(1);
 
 /// The store key of an organization's counter for the month holding `now`.
 pub fn quota_key(organization_id: &str, now: SystemTime) -> String {
-    let (year, month, _) = utc_date(now);
-    format!("chatgate:quota:{organization_id}:{year:04}-{month:02}")
+    month_key(organization_id, &utc_month(now))
+}
+
+/// The store key of an organization's counter for `month` (`YYYY-MM`);
+/// its value is a decimal integer of tokens.
+pub fn month_key(organization_id: &str, month: &str) -> String {
+    format!("chatgate:quota:{organization_id}:{month}")
 }
 
 /// Seconds from `now` to the start of the next UTC month (`Retry-After`).
@@ -26,44 +32,7 @@ pub fn seconds_to_next_month(now: SystemTime) -> u64 {
         (year, month + 1)
     };
     let start = days_from_civil(next_year, next_month, 1) * 86_400;
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    (start - secs).max(1) as u64
-}
-
-/// The UTC calendar date of `now`: (year, month 1–12, day 1–31).
-pub fn utc_date(now: SystemTime) -> (i64, u32, u32) {
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    civil_from_days(secs.div_euclid(86_400))
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to a date.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The inverse: a date to days since 1970-01-01.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let month = i64::from(month);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    (start - unix_seconds(now)).max(1) as u64
 }
 
 /// Whether the organization's month is used up (SPEC 10): `Some(retry
@@ -117,6 +86,8 @@ impl QuotaReader {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::store::MemoryStore;
 
@@ -125,17 +96,12 @@ mod tests {
     }
 
     #[test]
-    fn dates_are_utc_calendar_dates() {
-        assert_eq!(utc_date(at(0)), (1970, 1, 1));
-        // 2024-02-29T23:59:59Z, a leap day.
+    fn months_turn_at_utc_midnight() {
+        // 2024-02-29T23:59:59Z, a leap day, then 2024-03-01.
         assert_eq!(utc_date(at(1_709_251_199)), (2024, 2, 29));
         assert_eq!(utc_date(at(1_709_251_200)), (2024, 3, 1));
         // 2026-12-31T12:00:00Z.
         assert_eq!(utc_date(at(1_798_718_400)), (2026, 12, 31));
-        for days in [0, 59, 365, 11_016, 20_000, 47_482] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
     }
 
     #[test]

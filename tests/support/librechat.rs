@@ -303,6 +303,7 @@ async fn handle(
             );
             res
         }
+        _ if super::librechat_chat::is_chat(&req) => super::librechat_chat::handle(req).await,
         _ => echo(&state, &recorded, req.into_body()).await,
     };
     // What helmet adds in LibreChat >= 0.8.8, plus which instance answered.
