@@ -63,24 +63,11 @@ pub async fn read_whole(
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ReadBodyError> {
-    let mut out = bytes::BytesMut::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ReadBodyError::Failed(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > limit {
-                    return Err(ReadBodyError::TooLarge(limit));
-                }
-                out.extend_from_slice(&data);
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(timeout, read).await {
+    match tokio::time::timeout(timeout, read_into(&mut body, limit)).await {
         Err(_) => Err(ReadBodyError::Failed(
             "the client sent its body too slowly".to_owned(),
         )),
-        Ok(Ok(())) => Ok(out.freeze()),
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) => {
             if matches!(error, ReadBodyError::TooLarge(_)) {
                 discard(body);
@@ -114,6 +101,15 @@ pub fn discard(mut body: hyper::body::Incoming) {
 /// loop: `Limited` over a boxed body trips a higher-ranked lifetime bound
 /// inside hyper's service future).
 pub async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, ReadBodyError> {
+    read_into(&mut body, limit).await
+}
+
+/// The frames of `body` gathered, refused once they pass `limit` bytes.
+async fn read_into<B>(body: &mut B, limit: usize) -> Result<Bytes, ReadBodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadBodyError::Failed(e.to_string()))?;

@@ -328,41 +328,9 @@ impl StreamState {
     }
 }
 
-/// Whether a `[usage.prices]` (or policy) entry names `model`: equal, the
-/// model starts with `<entry>-`, or a `*` glob (SPEC section 10).
-pub fn model_matches(entry: &str, model: &str) -> bool {
-    if entry == model {
-        return true;
-    }
-    if entry.contains('*') {
-        return glob(entry.as_bytes(), model.as_bytes());
-    }
-    model
-        .strip_prefix(entry)
-        .is_some_and(|rest| rest.starts_with('-'))
-}
-
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative `*` matching with one backtrack point.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|b| *b == b'*')
-}
+/// Whether a `[usage.prices]` entry names `model`: the organization
+/// policy's matching (SPEC section 10).
+pub use crate::policy::rules::model_matches;
 
 /// Cost in nano-USD of `tokens` by the price list: the exact entry wins,
 /// else the longest matching one; no entry = 0.
