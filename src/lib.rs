@@ -13,13 +13,17 @@
 //!                  error.rs ◀── fails ── identify ──▶ user_switch
 //!                  (JSON, or a redirect    │
 //!                   to the dashboard)      ▼
-//!                                     rewrite_request
+//!                          ◀── refused ── policy::apply (organization's librechat_config)
 //!                                          ▼
-//!                       ┌──────▶ forward: pick upstream (sticky pin) ──▶ send
+//!                                     rewrite_request ──▶ usage::tap::begin (chat routes)
+//!                                          ▼
+//!                       ┌──────▶ forward: pick upstream (sticky pin, panic routing,
+//!                       │                 connection slot) ──▶ send
 //!                       │                                               │
 //!                       └──── retry once elsewhere ◀── connect failed ──┤
 //!                                                                       ▼
-//!                                   rewrite_response ──▶ log ──▶ client (streamed)
+//!                usage::tap::wrap (counts the stream) ──▶ rewrite_response
+//!                  ──▶ policy list filter ──▶ log ──▶ client (streamed)
 //! ```
 //!
 //! Module map: `config` (proxy.toml), `server` (listeners, drain, reload),
@@ -27,8 +31,9 @@
 //! refresh, organization), `librechat` (chatgate token, hand-off, OpenID
 //! provider, own routes, user switch), `upstream` (pool, health, sticky pins,
 //! rendezvous), `store` (memory, Redis, fail-fast guard), `admin`, `error`,
-//! `context` (per-request state), `body` (streaming, idle limit), `usage`
-//! (metering chat streams into Postgres).
+//! `context` (per-request state), `body` (streaming, idle limit), `policy`
+//! (the organization's policy: rules, chat bodies, lists, quota), `usage`
+//! (metering chat streams into Postgres), `calendar` (UTC dates).
 
 pub mod admin;
 pub mod app;
