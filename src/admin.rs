@@ -46,17 +46,16 @@ async fn readyz(app: &App) -> Response<ProxyBody> {
     if healthy == 0 {
         reasons.push(format!("upstreams: none of {total} is healthy"));
     }
-    // SPEC section 4: not ready while a configured Redis does not answer.
-    // Requests still succeed meanwhile (pins fall back to hashing); load
-    // balancers that fail open when every target is unready keep serving.
+    // SPEC section 4: a Redis or Postgres that does not answer is named but
+    // keeps 200: requests still succeed (pins fall back to hashing, counts
+    // wait in the spool), and a 503 would take every replica out of the
+    // load balancer at once.
+    let mut degraded = Vec::new();
     if app.config.store.redis_url.is_some() {
         if let Err(error) = app.store.ping().await {
-            reasons.push(format!("store: {error}"));
+            degraded.push(format!("store: {error}"));
         }
     }
-    // SPEC section 4: a Postgres that does not answer is named but keeps
-    // 200; counts wait in the spool meanwhile (section 11).
-    let mut degraded = Vec::new();
     if let Some(error) = app.usage.as_ref().and_then(|meter| meter.degraded()) {
         degraded.push(format!("usage postgres: {error}"));
     }
