@@ -64,6 +64,10 @@ pub struct RequestContext {
     /// `Set-Cookie` values chatgate adds to whatever response goes out
     /// (a refreshed or cleared Supabase session).
     pub set_cookies: Vec<String>,
+    /// How the user was identified (SPEC section 14): `cookie` (the
+    /// Supabase session cookie), `session` (`chatgate_session`), `handoff`
+    /// (a `?token=` exchanged), `bearer` (a Supabase access token).
+    pub identified_by: Option<&'static str>,
     /// A chat request's body as the policy phase read it (SPEC section 10);
     /// usage metering (section 11) attributes the answer's stream with it.
     pub chat: Option<ChatRequest>,
@@ -97,6 +101,7 @@ impl RequestContext {
             upstream: None,
             attempts: 0,
             set_cookies: Vec::new(),
+            identified_by: None,
             chat: None,
         }
     }

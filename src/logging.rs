@@ -201,6 +201,11 @@ pub struct AccessLine<'a> {
     pub upstream: Option<&'a str>,
     pub attempts: u8,
     pub duration: Duration,
+    /// The Supabase user and their organization, when identified.
+    pub user_id: Option<&'a str>,
+    pub organization_id: Option<&'a str>,
+    /// How: `cookie`, `session`, `handoff` or `bearer` (SPEC section 14).
+    pub identified_by: Option<&'a str>,
 }
 
 /// The target the access line is filtered by (`RUST_LOG=chatgate::access=off`).
@@ -254,18 +259,31 @@ fn format_access(buf: &mut String, format: LogFormat, at: SystemTime, line: &Acc
                 Some(upstream) => push_json_str(buf, upstream),
                 None => buf.push_str("null"),
             }
-            let _ = writeln!(
+            let _ = write!(
                 buf,
-                ",\"attempts\":{},\"duration_ms\":{duration_ms},\"target\":\"{ACCESS_TARGET}\"}}",
+                ",\"attempts\":{},\"duration_ms\":{duration_ms}",
                 line.attempts
             );
+            for (key, value) in [
+                ("user_id", line.user_id),
+                ("organization_id", line.organization_id),
+                ("identified_by", line.identified_by),
+            ] {
+                let _ = write!(buf, ",\"{key}\":");
+                match value {
+                    Some(value) => push_json_str(buf, value),
+                    None => buf.push_str("null"),
+                }
+            }
+            let _ = writeln!(buf, ",\"target\":\"{ACCESS_TARGET}\"}}");
         }
         LogFormat::Text => {
             push_timestamp(buf, at);
             let _ = writeln!(
                 buf,
                 "  INFO {ACCESS_TARGET}: request_id={:?} peer={} method={} path={:?} version={version} \
-                 status={} upstream={} attempts={} duration_ms={duration_ms}",
+                 status={} upstream={} attempts={} duration_ms={duration_ms} user_id={} \
+                 organization_id={} identified_by={}",
                 line.request_id,
                 line.peer,
                 line.method,
@@ -273,6 +291,9 @@ fn format_access(buf: &mut String, format: LogFormat, at: SystemTime, line: &Acc
                 line.status,
                 line.upstream.unwrap_or("-"),
                 line.attempts,
+                line.user_id.unwrap_or("-"),
+                line.organization_id.unwrap_or("-"),
+                line.identified_by.unwrap_or("-"),
             );
         }
     }
@@ -376,6 +397,9 @@ mod tests {
             upstream: Some("http://lc-1:3080"),
             attempts: 2,
             duration: Duration::from_micros(12_345),
+            user_id: Some("6f1d1c1e-0000-4000-8000-000000000001"),
+            organization_id: Some("org-1"),
+            identified_by: Some("cookie"),
         }
     }
 
@@ -403,6 +427,9 @@ mod tests {
                 "upstream": "http://lc-1:3080",
                 "attempts": 2,
                 "duration_ms": 12.345,
+                "user_id": "6f1d1c1e-0000-4000-8000-000000000001",
+                "organization_id": "org-1",
+                "identified_by": "cookie",
                 "target": "chatgate::access",
             })
         );
@@ -424,7 +451,8 @@ mod tests {
             buf,
             "1970-01-01T00:00:00.000000Z  INFO chatgate::access: request_id=\"r-1\" peer=192.0.2.7 \
              method=POST path=\"/api/ask/\\\"quoted\\\"\\\\x\" version=HTTP/2.0 status=200 \
-             upstream=http://lc-1:3080 attempts=2 duration_ms=12.345\n"
+             upstream=http://lc-1:3080 attempts=2 duration_ms=12.345 \
+             user_id=6f1d1c1e-0000-4000-8000-000000000001 organization_id=org-1 identified_by=cookie\n"
         );
     }
 

@@ -103,13 +103,18 @@ pub async fn identify(
     headers: &HeaderMap,
 ) -> Result<Identity, ProxyError> {
     if line.page_load && handoff::is_handoff(&line.uri) {
+        ctx.identified_by = Some("handoff");
         return Err(handoff::exchange(app, ctx, &line.uri).await);
     }
     let session_id = handoff::session_id(headers).map(str::to_owned);
     let supabase = from_supabase_cookie(app, ctx, headers).await;
     match (supabase, session_id) {
-        (Ok(identity), None) => Ok(identity),
+        (Ok(identity), None) => {
+            ctx.identified_by = Some("cookie");
+            Ok(identity)
+        }
         (Ok(identity), Some(id)) => {
+            ctx.identified_by = Some("cookie");
             // The dashboard's user wins; a chatgate session of someone else ends.
             if let Ok(Some(record)) = handoff::load(app, &id).await {
                 if record.claims.sub != identity.user_id() {
@@ -121,7 +126,10 @@ pub async fn identify(
         }
         (Err(error), Some(id)) if is_no_supabase_session(&error) => {
             match handoff::load(app, &id).await {
-                Ok(Some(record)) => Ok(Identity::from_session(record)),
+                Ok(Some(record)) => {
+                    ctx.identified_by = Some("session");
+                    Ok(Identity::from_session(record))
+                }
                 Ok(None) => {
                     ctx.set_cookies.push(handoff::clear_session_cookie());
                     Err(error)
@@ -175,7 +183,9 @@ pub async fn from_supabase_cookie(
             access_token,
         } => (claims, access_token),
     };
-    with_organization(app, claims, &access_token).await
+    let identity = with_organization(app, claims, &access_token).await?;
+    ctx.identified_by = Some("cookie");
+    Ok(identity)
 }
 
 /// The user of a Supabase session given as `Authorization: Bearer <access
@@ -206,6 +216,7 @@ pub async fn from_supabase_bearer_or_cookie(
             VerifyError::KeysUnavailable(reason) => ProxyError::AuthUnavailable(reason),
             VerifyError::Expired | VerifyError::Invalid(_) => ProxyError::Unauthenticated,
         })?;
+    ctx.identified_by = Some("bearer");
     with_organization(app, claims, token).await
 }
 

@@ -19,6 +19,9 @@ pub fn access<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B
         upstream: ctx.upstream.as_ref().map(|u| u.url.as_str()),
         attempts: ctx.attempts,
         duration: ctx.started.elapsed(),
+        user_id: ctx.identity.as_ref().map(|i| i.user_id()),
+        organization_id: ctx.identity.as_ref().map(|i| i.organization().id.as_str()),
+        identified_by: ctx.identified_by,
     });
 }
 
