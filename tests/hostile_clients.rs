@@ -253,6 +253,7 @@ mod raw_h2 {
     pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
+    pub const CONTINUATION: u8 = 0x9;
     pub const SETTINGS: u8 = 0x4;
     pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
@@ -665,6 +666,35 @@ async fn http2_rapid_reset_ends_the_connection() {
         "{forwarded} of {floods} cancelled requests reached LibreChat"
     );
     w.assert_a_good_request_is_forwarded(Alpn::H2, "/api/hostile/after-reset")
+        .await;
+}
+
+#[tokio::test]
+async fn http2_header_block_continued_without_end_is_cut_off() {
+    let w = world().await;
+    let mut conn = Conn::open(&w.gate).await;
+    let cookie = w.user.cookie.as_bytes();
+    // A request head that never ends: CONTINUATION frames of well-formed
+    // fields, none with END_HEADERS (CVE-2024-27316's flood), 8 MiB in all.
+    let block = raw_h2::request("GET", b"/api/hostile/continuation", &[("cookie", cookie)]);
+    let mut bytes = raw_h2::frame(raw_h2::HEADERS, raw_h2::END_STREAM, 1, &block);
+    let filler = "f".repeat(100);
+    let fields: Vec<(&str, &[u8])> = (0..80).map(|_| ("x-filler", filler.as_bytes())).collect();
+    let continuation = raw_h2::header_block(&fields);
+    for _ in 0..1000 {
+        bytes.extend(raw_h2::frame(raw_h2::CONTINUATION, 0, 1, &continuation));
+    }
+    conn.send(&bytes).await;
+    let outcome = conn.outcome(1).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::GoAway(_) | Outcome::Closed | Outcome::Reset(_)
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(w.forwarded("continuation"), Vec::<String>::new());
+    w.assert_a_good_request_is_forwarded(Alpn::H2, "/api/hostile/after-continuation")
         .await;
 }
 
