@@ -31,6 +31,9 @@ pub struct Options {
     /// of its own; the caller's runtime is the first. The binary uses one
     /// per CPU; embedders and tests keep the default, 1.
     pub workers: usize,
+    /// Slowloris guard: an HTTP/1.1 request head must arrive within this
+    /// time or the connection is closed. 30 s; tests shorten it.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             health_interval: Duration::from_secs(5),
             config_path: None,
             workers: 1,
+            header_read_timeout: crate::server::HEADER_READ_TIMEOUT,
         }
     }
 }

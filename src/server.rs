@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -28,10 +28,10 @@ use crate::context::ConnInfo;
 use crate::tls::{self, CertResolver};
 use crate::{proxy, upstream};
 
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Slowloris guard: the request head must arrive within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+mod limits;
+
+pub use limits::HEADER_READ_TIMEOUT;
+use limits::{AcceptBackoff, HANDSHAKE_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -184,8 +184,15 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
     app.usage = crate::usage::Meter::start(&app.config.usage, app.store.clone())
         .map_err(|e| StartError::Config(e.to_string()))?;
     let app = Arc::new(app);
-    let builder = Arc::new(http_builder(app.config.server.max_header_bytes));
-    let http1 = Arc::new(http1_builder(app.config.server.max_header_bytes));
+    let max_header_bytes = app.config.server.max_header_bytes;
+    let builder = Arc::new(limits::http_builder(
+        max_header_bytes,
+        options.header_read_timeout,
+    ));
+    let http1 = Arc::new(limits::http1_builder(
+        max_header_bytes,
+        options.header_read_timeout,
+    ));
     let shutdown = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let closing = CancellationToken::new();
@@ -205,6 +212,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         builder,
         http1,
         connections: connections.clone(),
+        header_read_timeout: options.header_read_timeout,
         stop_accepting: stop_accepting.clone(),
         closing: closing.clone(),
         workers: Arc::new([]),
@@ -483,47 +491,6 @@ fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, S
     })
 }
 
-/// Buffers bigger than the configured limit, so that most oversized heads
-/// reach `proxy::check_request` (431 with a JSON body); hyper still answers
-/// 431 itself beyond them.
-fn buffer_size(max_header_bytes: usize) -> usize {
-    (max_header_bytes * 2).max(16 * 1024)
-}
-
-/// HTTP/1.1 over TLS (the ALPN said so, or said nothing).
-fn http1_builder(max_header_bytes: usize) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(buffer_size(max_header_bytes))
-        // Head and body copied into one buffer: rustls then seals one
-        // record per response rather than one per slice. Same-run A/B
-        // (wrk -c64, 4 rounds): 2-3 % less CPU per request.
-        .writev(false)
-        .keep_alive(true);
-    builder
-}
-
-/// HTTP/2 by ALPN, and either protocol on the plain listener.
-fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let buffer = buffer_size(max_header_bytes);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(buffer)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Duration::from_secs(30));
-    builder
-}
-
 /// SPEC section 12: `/readyz` turns 503 at once, listeners close after a
 /// third of the grace, and open requests, streams and tunnels get the rest.
 async fn drain_on_shutdown(
@@ -579,6 +546,9 @@ struct Listeners {
     builder: Arc<auto::Builder<TokioExecutor>>,
     http1: Arc<hyper::server::conn::http1::Builder>,
     connections: TaskTracker,
+    /// `Options::header_read_timeout`, also the longest a connection that
+    /// has not sent a request yet may stay parked.
+    header_read_timeout: Duration,
     stop_accepting: CancellationToken,
     closing: CancellationToken,
     /// The other workers' queues; empty with one worker.
@@ -591,6 +561,7 @@ struct Listeners {
 
 impl Listeners {
     async fn accept(self, listener: TcpListener, acceptor: Option<TlsAcceptor>) {
+        let mut backoff = AcceptBackoff::default();
         loop {
             let (stream, peer) = tokio::select! {
                 _ = self.stop_accepting.cancelled() => return,
@@ -598,12 +569,18 @@ impl Listeners {
                     Ok(pair) => pair,
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let wait = backoff.failed(&error);
+                        if !wait.is_zero() {
+                            tokio::select! {
+                                _ = self.stop_accepting.cancelled() => return,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                        }
                         continue;
                     }
                 },
             };
+            backoff.accepted();
             let _ = stream.set_nodelay(true);
             self.dispatch(stream, peer, acceptor.clone());
         }
@@ -698,6 +675,10 @@ impl Listeners {
         let keep_open = Arc::new(AtomicBool::new(false));
         let mut unread = Bytes::new();
         let mut may_park = true;
+        // Until the first request begins, parking does not stop the clock of
+        // the header timeout: a client that connects and stays silent is
+        // closed as one that sends its head too slowly would be.
+        let mut silent_until = Some(tokio::time::Instant::now() + self.header_read_timeout);
         loop {
             let activity = Arc::new(Activity::default());
             let service = {
@@ -753,6 +734,9 @@ impl Listeners {
                 tracing::debug!(%error, "connection ended with an error");
                 return;
             }
+            if activity.started() > 0 {
+                silent_until = None;
+            }
             if !parking || closing {
                 return;
             }
@@ -772,8 +756,18 @@ impl Listeners {
             }
             let metrics = self.apps.load().metrics.clone();
             metrics.connection_parked();
+            let silent_for_too_long = async {
+                match silent_until {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             let woken = tokio::select! {
                 readable = tls.get_ref().0.readable() => readable.is_ok(),
+                _ = silent_for_too_long => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut *tls).await;
+                    false
+                }
                 _ = self.closing.cancelled() => {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut *tls).await;
                     false

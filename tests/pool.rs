@@ -127,6 +127,7 @@ impl Replica {
             health_interval: health,
             config_path: None,
             workers: gate.workers,
+            header_read_timeout: gate.header_read_timeout,
         };
         let running = server::start(config, options)
             .await

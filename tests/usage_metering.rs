@@ -273,6 +273,7 @@ async fn start_replica(gate: &GateConfig, usage: &str, dir: &Path) -> Running {
         health_interval: Duration::from_millis(100),
         config_path: None,
         workers: gate.workers,
+        header_read_timeout: gate.header_read_timeout,
     };
     server::start(config, options)
         .await

@@ -90,25 +90,17 @@ pub fn rewrite_head(
     upgrading: bool,
 ) -> Result<PathAndQuery, ProxyError> {
     let host = original_host(parts);
-    let headers = &mut parts.headers;
-
-    let upgrade_protocol = upgrading
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
-    remove_hop_by_hop(headers);
-    if let Some(protocol) = upgrade_protocol {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
-    }
-    // The upstream's own authority goes in the URI; hyper writes `Host` from it.
-    headers.remove(header::HOST);
-    remove_prefixed(headers, &RESERVED_PREFIXES);
-    // Only chatgate names the tenant; a client's own never survives.
-    headers.remove(&X_TENANT_ID);
-
     let peer = ctx.conn.peer.ip();
-    let trusted = is_trusted(app, peer);
-    set_forwarding_headers(headers, trusted, peer, ctx.conn.tls, host);
+    let client = ClientSide {
+        peer,
+        trusted: is_trusted(app, peer),
+        tls: ctx.conn.tls,
+        host,
+        upgrading,
+        session_cookie: &app.supabase.cookie_name,
+    };
+    let headers = &mut parts.headers;
+    scrub_client_headers(headers, client);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     set_identity_headers(headers, identity);
     if app.config.librechat.tenant_header {
@@ -116,7 +108,6 @@ pub fn rewrite_head(
             headers.insert(X_TENANT_ID.clone(), id);
         }
     }
-    strip_session_cookies(headers, &app.supabase.cookie_name);
     if app.config.librechat.auth_mode == AuthMode::Jwt {
         // jwt mode: LibreChat trusts chatgate's token, never the client's bearer.
         let minted = app
@@ -129,6 +120,50 @@ pub fn rewrite_head(
     }
 
     without_token_param(&parts.uri)
+}
+
+/// What `scrub_client_headers` needs to know of the connection and config.
+#[derive(Debug, Clone)]
+pub struct ClientSide<'a> {
+    pub peer: IpAddr,
+    /// The peer is one of `server.trusted_proxies`.
+    pub trusted: bool,
+    pub tls: bool,
+    /// The `Host` (or HTTP/2 `:authority`) the client asked for.
+    pub host: Option<HeaderValue>,
+    /// The client's upgrade was taken (see `rewrite`).
+    pub upgrading: bool,
+    /// `supabase.cookie_name`.
+    pub session_cookie: &'a str,
+}
+
+/// The part of `rewrite_head` that depends only on what the client sent:
+/// hop-by-hop headers, `Host`, reserved identity prefixes, the client's
+/// `X-Tenant-Id`, forwarding headers from untrusted peers, and the session
+/// cookies all go; `X-Forwarded-*` are set. Public for the fuzz target.
+pub fn scrub_client_headers(headers: &mut HeaderMap, client: ClientSide<'_>) {
+    let upgrade_protocol = client
+        .upgrading
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade_protocol {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    // The upstream's own authority goes in the URI; hyper writes `Host` from it.
+    headers.remove(header::HOST);
+    remove_prefixed(headers, &RESERVED_PREFIXES);
+    // Only chatgate names the tenant; a client's own never survives.
+    headers.remove(&X_TENANT_ID);
+    set_forwarding_headers(
+        headers,
+        client.trusted,
+        client.peer,
+        client.tls,
+        client.host,
+    );
+    strip_session_cookies(headers, client.session_cookie);
 }
 
 /// The client's half of an `Upgrade` (HTTP/1.1 only; HTTP/2 has none).
@@ -289,7 +324,7 @@ fn set_forwarding_headers(
 
 /// The path and query without any `token` parameter: a hand-off token is
 /// chatgate's business and must never reach LibreChat (SPEC section 13).
-pub(crate) fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
+pub fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
     without_params(uri, &["token"])
 }
 

@@ -119,7 +119,8 @@ pub fn finish_headers(app: &App, ctx: &RequestContext, headers: &mut HeaderMap) 
 
 /// Rewrites one `Set-Cookie` to `SameSite=None; Secure; Partitioned`,
 /// replacing whatever of those the upstream set (LibreChat: `Strict`).
-fn cross_site_cookie(cookie: &HeaderValue) -> HeaderValue {
+/// Public for the fuzz target.
+pub fn cross_site_cookie(cookie: &HeaderValue) -> HeaderValue {
     let Ok(text) = cookie.to_str() else {
         return cookie.clone();
     };

@@ -18,6 +18,8 @@ pub struct GateConfig {
     pub upstreams: Vec<String>,
     pub trusted_proxies: Vec<String>,
     pub max_header_bytes: usize,
+    /// `Options::header_read_timeout` (slowloris): 30 s unless a test shortens it.
+    pub header_read_timeout: Duration,
     pub shutdown_grace: String,
     pub log_level: String,
     pub supabase_url: String,
@@ -49,6 +51,7 @@ impl GateConfig {
             upstreams: upstreams.to_vec(),
             trusted_proxies: Vec::new(),
             max_header_bytes: 32768,
+            header_read_timeout: chatgate::server::HEADER_READ_TIMEOUT,
             shutdown_grace: "3s".to_owned(),
             log_level: "info".to_owned(),
             // Nothing listens there: tests that authenticate call `with_supabase`.
@@ -187,6 +190,7 @@ impl Gate {
             health_interval: config.health_interval,
             config_path: None,
             workers: config.workers,
+            header_read_timeout: config.header_read_timeout,
         };
         let running = server::start(config.load(dir), options)
             .await
