@@ -3,11 +3,20 @@
 //! ```text
 //! bench_load ports N                         N free ports of 127.0.0.1, one a line
 //! bench_load sse-upstream --port P           a LibreChat-like upstream: /sse streams events
-//!                                            stamped with the time they are written; any
+//!                                            stamped with the time they are written;
+//!                                            GET /api/agents/chat/stream/<id> streams a
+//!                                            LibreChat-shaped answer (created, stamped
+//!                                            on_message_delta events, on_token_usage
+//!                                            events, a final event); a chat POST answers
+//!                                            LibreChat 0.8.2+'s {streamId, …} JSON; any
 //!                                            other path answers 200 "ok"
-//! bench_load sse --url URL [--cookie C] [--events N] [--interval-ms I]
-//!                                            reads one SSE stream; per event, the time from
+//! bench_load sse --url URL [--cookie C] [--events N] [--interval-ms I] [--stream-id ID]
+//!                                            reads one SSE stream (/sse, or with --stream-id
+//!                                            the chat stream ID); per event, the time from
 //!                                            the upstream's write to this read
+//! bench_load sse-throughput --url URL [--cookie C] [--streams 64] [--events N] [--stream-id ID]
+//!                                            reads S chat streams of N events each, written
+//!                                            as fast as the upstream can, at once: events/s
 //! bench_load storm --target HOST:PORT… --cookie C [--n 200]
 //!                                            N TLS connections spread over the targets, then
 //!                                            one request each, all at once
@@ -59,6 +68,7 @@ async fn main() {
         "ports" => ports(rest.first().and_then(|n| n.parse().ok()).unwrap_or(1)),
         "sse-upstream" => sse_upstream(opts.port()).await,
         "sse" => sse_client(&opts).await,
+        "sse-throughput" => sse_throughput(&opts).await,
         "storm" => storm(&opts).await,
         "idle" => idle(&opts).await,
         "get" => get_once(&opts).await,
@@ -71,7 +81,7 @@ async fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_load ports N | sse-upstream --port P | sse --url URL [--cookie C] | storm --target A --target B --cookie C | get --url URL [--cookie C] | idle --target A [--cookie C]");
+    eprintln!("usage: bench_load ports N | sse-upstream --port P | sse --url URL [--cookie C] [--stream-id ID] | sse-throughput --url URL [--streams S] [--events N] | storm --target A --target B --cookie C | get --url URL [--cookie C] | idle --target A [--cookie C]");
     std::process::exit(2);
 }
 
@@ -151,7 +161,14 @@ async fn sse_upstream(port: u16) -> Result<(), Error> {
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn sse_route(req: Request<Incoming>) -> Result<Response<UpstreamBody>, Infallible> {
-    if req.uri().path() != "/sse" {
+    let path = req.uri().path().to_owned();
+    if req.method() == http::Method::POST && path.starts_with("/api/agents/chat/") {
+        return Ok(chat_post(req).await);
+    }
+    let chat_stream = req.method() == http::Method::GET
+        && path.starts_with("/api/agents/chat/stream/")
+        && path.len() > "/api/agents/chat/stream/".len();
+    if path != "/sse" && !chat_stream {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed()));
     }
     let query = req.uri().query().unwrap_or("");
@@ -164,16 +181,21 @@ async fn sse_route(req: Request<Incoming>) -> Result<Response<UpstreamBody>, Inf
     let events = param("events", 100);
     let interval = Duration::from_millis(param("interval_ms", 10));
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-    tokio::spawn(async move {
-        for _ in 0..events {
-            tokio::time::sleep(interval).await;
-            // Stamped as it is handed to hyper, which writes it at once.
-            let event = format!("data: {}\n\n", unix_nanos());
-            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
-                return;
+    if chat_stream {
+        let stream_id = path["/api/agents/chat/stream/".len()..].to_owned();
+        tokio::spawn(chat_stream_events(tx, stream_id, events, interval));
+    } else {
+        tokio::spawn(async move {
+            for _ in 0..events {
+                tokio::time::sleep(interval).await;
+                // Stamped as it is handed to hyper, which writes it at once.
+                let event = format!("data: {}\n\n", unix_nanos());
+                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                    return;
+                }
             }
-        }
-    });
+        });
+    }
     let body = ChannelBody(rx).boxed();
     let mut response = Response::new(body);
     response.headers_mut().insert(
@@ -185,6 +207,78 @@ async fn sse_route(req: Request<Incoming>) -> Result<Response<UpstreamBody>, Inf
         http::HeaderValue::from_static("no-cache"),
     );
     Ok(response)
+}
+
+/// A chat POST as LibreChat 0.8.2+ answers it: the body read, then
+/// `{streamId, conversationId, status: "started"}` (one conversation for
+/// every request, so the bench adds one `chat_sessions` row, not thousands).
+async fn chat_post(req: Request<Incoming>) -> Response<UpstreamBody> {
+    let _ = req.into_body().collect().await;
+    let json = r#"{"streamId":"bench-chat-post","conversationId":"bench-chat-post","generationCreatedAt":1764583200000,"status":"started"}"#;
+    let mut response = Response::new(Full::new(Bytes::from_static(json.as_bytes())).boxed());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// Streams one LibreChat-shaped answer (REFERENCE "Chat requests and
+/// streams"): `created`, `events` `on_message_delta` events (each carrying
+/// the wall-clock stamp `"t":<ns>`, `interval` apart; 0 = as fast as the
+/// connection takes them), an `on_token_usage` event after every quarter,
+/// and the final event. Run ids are unique per stream, so no usage event
+/// looks like a replay of an earlier stream's.
+async fn chat_stream_events(
+    tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    stream_id: String,
+    events: u64,
+    interval: Duration,
+) {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = format!(
+        "run-{}-{}",
+        unix_nanos(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let send = |text: String| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_ok() }
+    };
+    let created = format!(
+        "event: message\ndata: {{\"created\":true,\"message\":{{\"conversationId\":\"{stream_id}\",\"text\":\"hello\",\"isCreatedByUser\":true}},\"streamId\":\"{stream_id}\"}}\n\n"
+    );
+    if !send(created).await {
+        return;
+    }
+    let quarter = (events / 4).max(1);
+    let mut seq = 0;
+    for i in 1..=events {
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        // Stamped as it is handed to hyper, which writes it at once.
+        let delta = format!(
+            "event: message\ndata: {{\"event\":\"on_message_delta\",\"data\":{{\"id\":\"step_{run}\",\"t\":{},\"delta\":{{\"content\":[{{\"type\":\"text\",\"text\":\" lorem ipsum\"}}]}}}}}}\n\n",
+            unix_nanos()
+        );
+        if !send(delta).await {
+            return;
+        }
+        if i % quarter == 0 {
+            seq += 1;
+            let usage = format!(
+                "event: message\ndata: {{\"event\":\"on_token_usage\",\"data\":{{\"input_tokens\":100,\"output_tokens\":25,\"total_tokens\":125,\"model\":\"gpt-4o\",\"provider\":\"openAI\",\"runId\":\"{run}\",\"seq\":{seq}}}}}\n\n"
+            );
+            if !send(usage).await {
+                return;
+            }
+        }
+    }
+    let last = format!(
+        "event: message\ndata: {{\"final\":true,\"conversation\":{{\"conversationId\":\"{stream_id}\",\"endpoint\":\"openAI\",\"model\":\"gpt-4o\",\"title\":\"Bench\"}},\"requestMessage\":{{\"messageId\":\"{run}-q\",\"tokenCount\":100}},\"responseMessage\":{{\"messageId\":\"{run}-a\",\"model\":\"gpt-4o\",\"tokenCount\":25}}}}\n\n"
+    );
+    send(last).await;
 }
 
 struct ChannelBody(mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
@@ -206,7 +300,10 @@ async fn sse_client(opts: &Opts) -> Result<(), Error> {
     let events = opts.number("events", 200);
     let interval = opts.number("interval-ms", 10);
     let mut sender = connect_url(&url).await?;
-    let path = format!("/sse?events={events}&interval_ms={interval}");
+    let path = match opts.get("stream-id") {
+        Some(id) => format!("/api/agents/chat/stream/{id}?events={events}&interval_ms={interval}"),
+        None => format!("/sse?events={events}&interval_ms={interval}"),
+    };
     let response = sender
         .send_request(get(&path, &url_authority(&url), opts.get("cookie"), true)?)
         .await?;
@@ -225,9 +322,8 @@ async fn sse_client(opts: &Opts) -> Result<(), Error> {
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = pending.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&event);
-            if let Some(stamp) = text.trim().strip_prefix("data: ") {
-                let written: u128 = stamp.parse()?;
-                delays_us.push(read_at.saturating_sub(written) as f64 / 1000.0);
+            if let Some(written) = event_stamp(&text) {
+                delays_us.push(read_at.saturating_sub(written?) as f64 / 1000.0);
             }
         }
     }
@@ -246,6 +342,87 @@ async fn sse_client(opts: &Opts) -> Result<(), Error> {
         percentile(&delays_us, 50.0),
         percentile(&delays_us, 99.0),
         mean
+    );
+    Ok(())
+}
+
+/// The write stamp of an event: `data: <ns>` (/sse) or `"t":<ns>` inside a
+/// chat stream's `on_message_delta`; `None` for events without one.
+fn event_stamp(text: &str) -> Option<Result<u128, Error>> {
+    let data = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))?
+        .trim();
+    if !data.starts_with('{') {
+        return Some(data.parse().map_err(Into::into));
+    }
+    let rest = &data[data.find("\"t\":")? + 4..];
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some(digits.parse().map_err(Into::into))
+}
+
+/// S chat streams at once, each of N events written without pause: the
+/// events (`\n\n`-terminated) read per second over all of them, from the
+/// first request to the last stream's end.
+async fn sse_throughput(opts: &Opts) -> Result<(), Error> {
+    let url: url::Url = opts.get("url").unwrap_or_else(|| usage()).parse()?;
+    let streams = opts.number("streams", 64);
+    let events = opts.number("events", 2000);
+    let prefix = opts.get("stream-id").unwrap_or("bench-tput").to_owned();
+    let cookie = opts.get("cookie").map(str::to_owned);
+    let authority = url_authority(&url);
+    // Connected first, so that only the streams are timed.
+    let mut senders = Vec::with_capacity(streams as usize);
+    for _ in 0..streams {
+        senders.push(connect_url(&url).await?);
+    }
+    let barrier = Arc::new(Barrier::new(streams as usize + 1));
+    let mut tasks = Vec::with_capacity(streams as usize);
+    for (i, mut sender) in senders.into_iter().enumerate() {
+        let path = format!("/api/agents/chat/stream/{prefix}-{i}?events={events}&interval_ms=0");
+        let request = get(&path, &authority, cookie.as_deref(), true)?;
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let response = sender.send_request(request).await?;
+            if response.status() != StatusCode::OK {
+                return Err(format!("status {}", response.status()).into());
+            }
+            let mut body = response.into_body();
+            let (mut count, mut last_newline) = (0u64, false);
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else {
+                    continue;
+                };
+                for &byte in data.iter() {
+                    let newline = byte == b'\n';
+                    if newline && last_newline {
+                        count += 1;
+                    }
+                    last_newline = newline && !last_newline;
+                }
+            }
+            Ok::<u64, Error>(count)
+        }));
+    }
+    barrier.wait().await;
+    let started = std::time::Instant::now();
+    let (mut total, mut failed) = (0u64, 0u64);
+    for task in tasks {
+        match task.await? {
+            Ok(count) => total += count,
+            Err(error) => {
+                if failed == 0 {
+                    eprintln!("sse-throughput: {error}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "SSE_TPUT_RESULT events={total} streams={streams} failed={failed} secs={secs:.3} eps={:.0}",
+        total as f64 / secs
     );
     Ok(())
 }

@@ -60,11 +60,13 @@ async fn main() {
     // milliseconds; the delay makes a storm's requests overlap the call.
     supabase.set_refresh_delay(refresh_delay);
     let session = supabase.sign_in(EMAIL, Duration::from_secs(3600 * 24));
+    // A UUID, as in Supabase: usage metering counts nothing for an
+    // organization whose id is not one.
     supabase.set_profile(
         session.user_id(),
         "member",
         Some(json!({
-            "id": "7d1c7c6e-0000-4000-8000-00000000acme",
+            "id": "7d1c7c6e-0000-4000-8000-00000000ac3e",
             "name": "Acme",
             "domain": "acme.example",
             "plan_type": "pro",

@@ -7,7 +7,11 @@
 # build) in front of it with a valid Supabase session cookie on every request,
 # the stand-in Supabase (examples/bench_supabase.rs), and for SSE and the
 # refresh storm two more chatgate replicas sharing a redis-server in front of
-# an SSE upstream (examples/bench_load.rs). Then runs, alternating, ROUNDS
+# an SSE upstream (examples/bench_load.rs), and for usage metering (issue
+# 12) a throw-away PostgreSQL cluster (initdb + pg_ctl, schema/ applied) and
+# a fourth replica like those two with [usage] postgres_url set, so that
+# metering off and on compare on one upstream and route. Then runs,
+# alternating, ROUNDS
 # rounds of each measurement and prints a table of medians, also written to
 # bench-results/<timestamp>.md.
 #
@@ -17,7 +21,8 @@
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_DURATION seconds per load run
 # (8), BENCH_IDLE_CONNS (10000), BENCH_IDLE_SETTLE seconds idle before the
 # RSS is read (5), BENCH_STORM requests (200), BENCH_SSE_EVENTS per stream
-# (200, 10 ms apart). Each round also times a 1 KiB chat POST and a GET
+# (200, 10 ms apart), BENCH_SSE_TPUT_EVENTS per stream of the 64-stream
+# relay throughput run (2000, written without pause). Each round also times a 1 KiB chat POST and a GET
 # through chatgate for a user without a policy and one with a restrictive
 # policy. BENCH_HOLD=1 starts everything, prints the
 # addresses and the cookie (for wrk, perf, valgrind by hand) and waits for
@@ -31,15 +36,19 @@ DURATION=${BENCH_DURATION:-8}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 STORM=${BENCH_STORM:-200}
 SSE_EVENTS=${BENCH_SSE_EVENTS:-200}
+SSE_TPUT_EVENTS=${BENCH_SSE_TPUT_EVENTS:-2000}
 IDLE_SETTLE=${BENCH_IDLE_SETTLE:-5}
 
 PATH="$PATH:/usr/sbin:/sbin"
 missing=()
-for tool in nginx wrk h2load redis-server cargo; do
+for tool in nginx wrk h2load redis-server cargo psql; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# Debian keeps initdb and pg_ctl off PATH, in /usr/lib/postgresql/<v>/bin.
+pg_bin=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)")
+[ -x "$pg_bin/initdb" ] && [ -x "$pg_bin/pg_ctl" ] || missing+=(initdb)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "bench.sh: missing ${missing[*]} (Debian: apt-get install nginx wrk nghttp2-client redis-server)" >&2
+  echo "bench.sh: missing ${missing[*]} (Debian: apt-get install nginx wrk nghttp2-client redis-server postgresql)" >&2
   exit 1
 fi
 
@@ -59,10 +68,14 @@ supabase_bin="$root/target/release/examples/bench_supabase"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/chatgate-bench.XXXXXX")
 pids=()
+pg_started=""
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$pg_started" ]; then
+    pg_as "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -87,7 +100,7 @@ wait_port() { # wait_port PORT NAME
   exit 1
 }
 
-mapfile -t ports < <("$load" ports 9)
+mapfile -t ports < <("$load" ports 10)
 up_port=${ports[0]}    # upstream, plain HTTP (what the proxies use)
 up_tls=${ports[1]}     # upstream, TLS ("direct")
 nginx_port=${ports[2]} # nginx reverse proxy
@@ -96,6 +109,8 @@ sse_port=${ports[4]}   # SSE upstream
 gate_a=${ports[5]}     # chatgate replica A (Redis), SSE + storm
 gate_b=${ports[6]}     # chatgate replica B (Redis), storm
 redis_port=${ports[7]}
+gate_m=${ports[8]}     # chatgate replica M (Redis), usage metering on
+pg_port=${ports[9]}    # PostgreSQL (usage metering)
 
 "$gate_bin" gen-cert --out "$work/certs" --host localhost --host 127.0.0.1 >/dev/null
 cert="$work/certs/cert.pem"
@@ -184,7 +199,47 @@ $(nginx_temp "$work/nginx")
 EOF
 } >"$work/nginx/nginx.conf"
 
-echo "== starting upstream, nginx, stand-in Supabase, redis, chatgate ×3"
+# PostgreSQL refuses to run as root: as root the cluster belongs to the
+# postgres user, which may then traverse (not list) the work directory.
+pg_as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+echo "== starting PostgreSQL (usage metering)"
+mkdir -p "$work/pg"
+if [ "$(id -u)" = 0 ]; then
+  chmod 711 "$work"
+  chown postgres "$work/pg"
+fi
+pg_as "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 --no-sync --locale=C \
+  --no-instructions >"$work/initdb.log" 2>&1 \
+  || { cat "$work/initdb.log" >&2; exit 1; }
+pg_as "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/postgres.log" -w -t 120 start \
+  -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50" \
+  >/dev/null || { cat "$work/pg/postgres.log" >&2; exit 1; }
+pg_started=1
+pg_url="postgres://postgres@127.0.0.1:$pg_port/postgres?sslmode=disable"
+pg_sql() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres "$@"; }
+# What a Supabase project has before any migration (as tests/support/postgres.rs):
+# the API roles, auth.uid(), the default grants on public.
+pg_sql >/dev/null <<'EOF'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon NOLOGIN NOINHERIT; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN NOINHERIT; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS; END IF;
+END $$;
+CREATE SCHEMA IF NOT EXISTS auth;
+CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
+  SELECT coalesce(
+    nullif(current_setting('request.jwt.claim.sub', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+  )::uuid
+$f$;
+GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+EOF
+for sql in schema/*.sql; do pg_sql -f "$sql" >/dev/null; done
+
+echo "== starting upstream, nginx, stand-in Supabase, redis, chatgate ×4"
 start upstream nginx -p "$work/upstream" -c "$work/upstream/nginx.conf" -e stderr
 wait_port "$up_port" upstream
 start nginx nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e stderr
@@ -209,7 +264,7 @@ policy_cookie=$(json_field policy_cookie "$work/supabase.log")
 control=$(json_field control "$work/supabase.log")
 [ -n "$cookie" ] || { echo "bench.sh: the stand-in Supabase did not start" >&2; cat "$work/supabase.log" >&2; exit 1; }
 
-gate_config() { # gate_config NAME PORT UPSTREAM REDIS_URL
+gate_config() { # gate_config NAME PORT UPSTREAM REDIS_URL [EXTRA_TOML]
   cat >"$work/$1.toml" <<EOF
 [server]
 listen = "127.0.0.1:$2"
@@ -230,18 +285,27 @@ redis_url = "$4"
 [log]
 format = "json"
 level = "info"
+${5:-}
 EOF
 }
 gate_config gate "$gate_port" "http://127.0.0.1:$up_port" ""
 gate_config gate_a "$gate_a" "http://127.0.0.1:$sse_port" "redis://127.0.0.1:$redis_port"
 gate_config gate_b "$gate_b" "http://127.0.0.1:$sse_port" "redis://127.0.0.1:$redis_port"
+gate_config gate_m "$gate_m" "http://127.0.0.1:$sse_port" "redis://127.0.0.1:$redis_port" "[usage]
+postgres_url = \"$pg_url\"
+spool_dir = \"$work/spool\"
+flush_interval = \"1s\"
+[usage.prices]
+\"gpt-4o\" = { input = 2.5, output = 10.0 }"
 start gate "$gate_bin" --config "$work/gate.toml"
 gate_pid=$last_pid
 start gate_a "$gate_bin" --config "$work/gate_a.toml"
 start gate_b "$gate_bin" --config "$work/gate_b.toml"
+start gate_m "$gate_bin" --config "$work/gate_m.toml"
 wait_port "$gate_port" gate
 wait_port "$gate_a" gate_a
 wait_port "$gate_b" gate_b
+wait_port "$gate_m" gate_m
 
 # The real authentication path must run: 200 with the cookie, 401 without.
 with=$("$load" get --url "https://127.0.0.1:$gate_port/" --cookie "$cookie" || echo failed)
@@ -252,6 +316,12 @@ if [ "$with" != 200 ] || [ "$without" != 401 ]; then
   exit 1
 fi
 echo "   chatgate: 200 with the session cookie, 401 without (cookie ${#cookie} bytes)"
+with=$("$load" get --url "https://127.0.0.1:$gate_m/" --cookie "$cookie" || echo failed)
+if [ "$with" != 200 ]; then
+  echo "bench.sh: the metering replica answered $with with the session cookie (want 200)" >&2
+  tail -5 "$work/gate_m.log" >&2
+  exit 1
+fi
 
 if [ "${BENCH_HOLD:-}" = 1 ]; then
   {
@@ -261,6 +331,8 @@ if [ "${BENCH_HOLD:-}" = 1 ]; then
     echo "chatgate_pid=$gate_pid"
     echo "nginx_pid=$nginx_pid"
     echo "replicas=127.0.0.1:$gate_a,127.0.0.1:$gate_b"
+    echo "metering_replica=127.0.0.1:$gate_m"
+    echo "usage_postgres=$pg_url"
     echo "sse_upstream=http://127.0.0.1:$sse_port/sse"
     echo "supabase_control=$control"
     echo "cookie='$cookie'"
@@ -400,6 +472,44 @@ run_storm() {
     storm "$STORM" "$((after - before))" "$(field failed "$out")" "$(field statuses "$out")"
 }
 
+# Usage metering (issue 12): the SSE replica A (metering off) against
+# replica M (metering on), both in front of the SSE upstream, on LibreChat's
+# resumable stream route and a chat POST.
+declare -A meter_port=([off]=$gate_a [on]=$gate_m)
+meter_streams=0 # streams read through the metering replica
+run_meter_sse() { # run_meter_sse off|on ROUND
+  local out
+  out=$("$load" sse --url "https://127.0.0.1:${meter_port[$1]}" --cookie "$cookie" \
+    --stream-id "bench-sse-$2-$1-$$" --events "$SSE_EVENTS" --interval-ms 10)
+  [ "$1" = on ] && meter_streams=$((meter_streams + 1))
+  add "meter_sse_p50_$1" "$(field p50_us "$out")"
+  add "meter_sse_p99_$1" "$(field p99_us "$out")"
+  printf '   %-9s %-8s p50 %8s us  p99 %8s us  (%s events)\n' meter-sse "$1" \
+    "$(field p50_us "$out")" "$(field p99_us "$out")" "$(field events "$out")"
+}
+run_meter_tput() { # run_meter_tput off|on ROUND
+  local out
+  out=$("$load" sse-throughput --url "https://127.0.0.1:${meter_port[$1]}" --cookie "$cookie" \
+    --stream-id "bench-tput-$2-$1-$$" --streams 64 --events "$SSE_TPUT_EVENTS")
+  [ "$1" = on ] && meter_streams=$((meter_streams + 64 - $(field failed "$out")))
+  add "meter_tput_$1" "$(field eps "$out")"
+  add "meter_tput_bad_$1" "$(field failed "$out")"
+  printf '   %-9s %-8s %10s events/s  (%s events over %s streams in %s s, %s failed)\n' meter-tput "$1" \
+    "$(field eps "$out")" "$(field events "$out")" "$(field streams "$out")" "$(field secs "$out")" \
+    "$(field failed "$out")"
+}
+meter_posts=0 # chat POSTs answered through the metering replica
+run_meter_chat() { # run_meter_chat off|on
+  local out
+  out=$(wrk -t1 -c1 -d"${DURATION}s" --latency -s "$work/chat.lua" -H "Cookie: $cookie" \
+    "https://127.0.0.1:${meter_port[$1]}/api/agents/chat/openAI" | grep WRK_RESULT)
+  [ "$1" = on ] && meter_posts=$((meter_posts + $(field requests "$out") - $(field non2xx "$out")))
+  add "meter_chat_p50_$1" "$(field p50_us "$out")"
+  add "meter_chat_bad_$1" "$(($(field errors "$out") + $(field non2xx "$out")))"
+  printf '   %-9s %-8s p50 %6s us  p99 %6s us  errors+non-2xx %s\n' meter-chat "$1" \
+    "$(field p50_us "$out")" "$(field p99_us "$out")" "$(($(field errors "$out") + $(field non2xx "$out")))"
+}
+
 rss_kib() { # rss_kib PID… : summed VmRSS
   local pid total=0
   for pid in "$@"; do
@@ -451,6 +561,11 @@ echo "== warm-up"
 for target in direct nginx chatgate; do
   wrk -t2 -c64 -d2s -H "Cookie: $cookie" "${url[$target]}" >/dev/null
 done
+for m in off on; do
+  "$load" sse --url "https://127.0.0.1:${meter_port[$m]}" --cookie "$cookie" \
+    --stream-id "bench-warm-$m-$$" --events 20 --interval-ms 1 >/dev/null
+  [ "$m" = on ] && meter_streams=$((meter_streams + 1))
+done
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
@@ -464,7 +579,16 @@ for round in $(seq 1 "$ROUNDS"); do
     run_policy "chat_$org" "$org_cookie" /api/agents/chat/openAI "$work/chat.lua"
     run_policy "get_$org" "$org_cookie" / "$work/report.lua"
   done
+  for m in $(rotate "$round" off on); do run_meter_sse "$m" "$round"; done
+  for m in $(rotate "$round" off on); do run_meter_tput "$m" "$round"; done
+  for m in $(rotate "$round" off on); do run_meter_chat "$m"; done
 done
+# What the metering replica wrote: its last counts go out within a flush (1 s).
+sleep 3
+usage_sums=$(pg_sql -At -F ' ' -c "SELECT count(*), coalesce(sum(message_count), 0), coalesce(sum(tokens_used), 0), coalesce(sum(cost_usd), 0) FROM usage_metrics" || echo '? ? ? ?')
+usage_sessions=$(pg_sql -At -c "SELECT count(*) FROM chat_sessions" || echo '?')
+read -r usage_rows usage_messages usage_tokens usage_cost <<<"$usage_sums"
+echo "   usage_metrics: $usage_rows row(s), $usage_messages messages, $usage_tokens tokens, \$$usage_cost; chat_sessions: $usage_sessions"
 echo "== idle connections"
 run_idle nginx "$nginx_port"
 run_idle chatgate "$gate_port"
@@ -493,6 +617,11 @@ sse_add_n=$(minus "$sse_n" "$sse_d") sse_add_c=$(minus "$sse_c" "$sse_d")
 rss_n=$(median idle_rss_nginx) rss_c=$(median idle_rss_chatgate)
 chat_o=$(median chat_open_p50) chat_p=$(median chat_policy_p50) chat_add=$(minus "$chat_p" "$chat_o")
 get_o=$(median get_open_p50) get_p=$(median get_policy_p50) get_add=$(minus "$get_p" "$get_o")
+m_sse_off=$(median meter_sse_p50_off) m_sse_on=$(median meter_sse_p50_on)
+m_tput_off=$(median meter_tput_off) m_tput_on=$(median meter_tput_on)
+m_chat_off=$(median meter_chat_p50_off) m_chat_on=$(median meter_chat_p50_on)
+m_sse_add=$(minus "$m_sse_on" "$m_sse_off") m_chat_add=$(minus "$m_chat_on" "$m_chat_off")
+m_tput_r=$(ratio "$m_tput_on" "$m_tput_off")
 storm_calls=$(echo ${results[storm_calls]})
 storm_failed=$(echo ${results[storm_failed]})
 storm_max_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | tail -1)
@@ -536,6 +665,20 @@ report="bench-results/$stamp.md"
   echo "| --- | ---: | ---: | ---: | --- | --- |"
   echo "| chat POST, 1 KiB JSON: median µs | $chat_o | $chat_p | $chat_add | ≤ 50 µs | $(verdict "$chat_add" '<=' 50) |"
   echo "| GET / (not a policy route): median µs | $get_o | $get_p | $get_add | nothing measurable | |"
+  echo
+  echo "Usage metering (issue 12), through chatgate in front of the SSE upstream, LibreChat's routes (\`GET /api/agents/chat/stream/<id>\`, \`POST /api/agents/chat/openAI\`), one replica with \`usage.postgres_url\` empty, one with it set (flush every 1 s):"
+  echo
+  echo "| measure | metering off | metering on | on − off / on ÷ off | target | |"
+  echo "| --- | ---: | ---: | ---: | --- | --- |"
+  echo "| SSE upstream write → client read, median µs ($SSE_EVENTS events 10 ms apart) | $m_sse_off | $m_sse_on | $m_sse_add | ≤ 20 µs added | $(verdict "$m_sse_add" '<=' 20) |"
+  echo "| SSE relay, 64 concurrent streams × $SSE_TPUT_EVENTS events: events/s | $m_tput_off | $m_tput_on | $m_tput_r | ≥ 0.95 | $(verdict "$m_tput_r" '>=' 0.95) |"
+  echo "| chat POST, 1 KiB JSON, 1 conn sequential: median µs | $m_chat_off | $m_chat_on | $m_chat_add | | |"
+  echo
+  echo "Written by the metering replica (sanity): usage_metrics $usage_rows row(s), $usage_messages messages" \
+    "(chat POSTs wrk saw answered 2xx through it: $meter_posts; wrk leaves out the one in flight as a run ends), $usage_tokens tokens (expected $((meter_streams * 500)):" \
+    "$meter_streams streams × 4 on_token_usage events × 125), cost_usd $usage_cost; chat_sessions $usage_sessions row(s)."
+  echo "Metering errors, all rounds (must be 0): relay streams failed off/on$(echo ${results[meter_tput_bad_off]}) /$(echo ${results[meter_tput_bad_on]});" \
+    "chat POST errors+non-2xx off/on$(echo ${results[meter_chat_bad_off]}) /$(echo ${results[meter_chat_bad_on]})."
   echo
   echo "Connections still open at the end of the idle hold: nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate)."
   echo "Errors and non-2xx answers, all rounds (must be 0):" \
