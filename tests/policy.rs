@@ -250,59 +250,44 @@ async fn legacy_and_assistants_chat_routes_are_checked_too() {
         "member",
         organization("acme", restrictive()),
     );
-    let body = |value: Value| Bytes::from(value.to_string());
-    assert_refused(
-        &w,
-        &ada,
-        "/api/ask/openAI",
-        &body(json!({"endpoint": "openAI", "model": "gpt-4-turbo", "text": "hi"})),
-        "model_not_allowed",
-        "gpt-4-turbo",
-    )
-    .await;
-    assert_refused(
-        &w,
-        &ada,
-        "/api/edit/anthropic",
-        &body(json!({"endpoint": "anthropic", "model": "claude-2.1"})),
-        "model_not_allowed",
-        "claude-2.1",
-    )
-    .await;
-    assert_refused(
-        &w,
-        &ada,
-        "/api/assistants/v2/chat",
-        &body(json!({"endpoint": "assistants", "model": "gpt-4o", "assistant_id": "asst_1"})),
-        "model_not_allowed",
-        "assistants",
-    )
-    .await;
-    // An Assistants chat without an endpoint is an `assistants` chat.
-    assert_refused(
-        &w,
-        &ada,
-        "/api/assistants/v2/chat",
-        &body(json!({"model": "gpt-4o", "assistant_id": "asst_1"})),
-        "model_not_allowed",
-        "assistants",
-    )
-    .await;
-    // Odd spellings of a chat path are still chats.
-    assert_refused(
-        &w,
-        &ada,
-        "/API/agents//chat/openAI/",
-        &body(json!({"endpoint": "openAI", "model": "o1"})),
-        "model_not_allowed",
-        "o1",
-    )
-    .await;
+    let cases = [
+        (
+            "/api/ask/openAI",
+            json!({"endpoint": "openAI", "model": "gpt-4-turbo", "text": "hi"}),
+            "gpt-4-turbo",
+        ),
+        (
+            "/api/edit/anthropic",
+            json!({"endpoint": "anthropic", "model": "claude-2.1"}),
+            "claude-2.1",
+        ),
+        (
+            "/api/assistants/v2/chat",
+            json!({"endpoint": "assistants", "model": "gpt-4o", "assistant_id": "asst_1"}),
+            "assistants",
+        ),
+        // An Assistants chat without an endpoint is an `assistants` chat.
+        (
+            "/api/assistants/v2/chat",
+            json!({"model": "gpt-4o", "assistant_id": "asst_1"}),
+            "assistants",
+        ),
+        // Odd spellings of a chat path are still chats.
+        (
+            "/API/agents//chat/openAI/",
+            json!({"endpoint": "openAI", "model": "o1"}),
+            "o1",
+        ),
+    ];
+    for (path, body, what) in cases {
+        let body = Bytes::from(body.to_string());
+        assert_refused(&w, &ada, path, &body, "model_not_allowed", what).await;
+    }
     let (status, _) = post_json(
         &w.gate,
         &ada,
         "/api/ask/openAI",
-        body(json!({"endpoint": "openAI", "model": "gpt-4o"})),
+        Bytes::from(json!({"endpoint": "openAI", "model": "gpt-4o"}).to_string()),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -622,33 +607,25 @@ async fn feature_routes_and_agents_follow_the_policy() {
         assert_eq!(status, StatusCode::OK, "{path}");
     }
     let agent = |value: Value| Bytes::from(value.to_string());
-    assert_refused(
-        &w,
-        &ada,
-        "/api/agents",
-        &agent(json!({"provider": "google", "model": "gemini-1.5-pro"})),
-        "model_not_allowed",
-        "google",
-    )
-    .await;
-    assert_refused(
-        &w,
-        &ada,
-        "/api/agents",
-        &agent(json!({"provider": "openAI", "model": "gpt-4o", "tools": ["dalle"]})),
-        "feature_disabled",
-        "dalle",
-    )
-    .await;
-    assert_refused(
-        &w,
-        &ada,
-        "/api/agents",
-        &agent(json!({"provider": "openAI", "model": "gpt-4o", "tools": ["x_mcp_slack"]})),
-        "feature_disabled",
-        "slack",
-    )
-    .await;
+    for (refused, code, what) in [
+        (
+            json!({"provider": "google", "model": "gemini-1.5-pro"}),
+            "model_not_allowed",
+            "google",
+        ),
+        (
+            json!({"provider": "openAI", "model": "gpt-4o", "tools": ["dalle"]}),
+            "feature_disabled",
+            "dalle",
+        ),
+        (
+            json!({"provider": "openAI", "model": "gpt-4o", "tools": ["x_mcp_slack"]}),
+            "feature_disabled",
+            "slack",
+        ),
+    ] {
+        assert_refused(&w, &ada, "/api/agents", &agent(refused), code, what).await;
+    }
     let ok = agent(
         json!({"provider": "openAI", "model": "gpt-4o", "tools": ["web_search", "x_mcp_github"]}),
     );
