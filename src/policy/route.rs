@@ -65,6 +65,29 @@ pub fn classify(method: &Method, path: &str) -> Option<PolicyRoute> {
     classify_normalized(method, path)
 }
 
+/// The stream id of `GET /api/agents/chat/stream/<streamId>` (LibreChat
+/// 0.8.2+'s resumable chat stream), matched as [`classify`] matches paths.
+/// Not a policy route (the chat POST before it was checked); usage
+/// metering counts it (SPEC section 11).
+pub fn chat_stream(method: &Method, path: &str) -> Option<String> {
+    if method != Method::GET {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    if bytes.len() < 5 || !(bytes[..5].eq_ignore_ascii_case(b"/api/") || needs_normalizing(path)) {
+        return None;
+    }
+    let segments = segments(path);
+    let is = |i: usize, word: &str| {
+        segments
+            .get(i)
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
+    };
+    let stream =
+        segments.len() == 5 && is(0, "api") && is(1, "agents") && is(2, "chat") && is(3, "stream");
+    stream.then(|| segments[4].clone().into_owned())
+}
+
 fn classify_normalized(method: &Method, path: &str) -> Option<PolicyRoute> {
     let segments = segments(path);
     let seg: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
@@ -313,6 +336,29 @@ mod tests {
             route("POST", "/api/mcp/My%20Server/reinitialize"),
             Some(PolicyRoute::McpServer("My Server".into()))
         );
+    }
+
+    #[test]
+    fn chat_streams_in_every_spelling() {
+        for path in [
+            "/api/agents/chat/stream/s-1",
+            "/API/Agents/chat/stream/s-1/",
+            "/api//agents/chat/stream/s-1",
+            "/api/agents/chat/stream/%73-1",
+        ] {
+            assert_eq!(
+                chat_stream(&Method::GET, path).as_deref(),
+                Some("s-1"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            chat_stream(&Method::POST, "/api/agents/chat/stream/s-1"),
+            None
+        );
+        assert_eq!(chat_stream(&Method::GET, "/api/agents/chat/stream/"), None);
+        assert_eq!(chat_stream(&Method::GET, "/api/agents/chat/openAI"), None);
+        assert_eq!(chat_stream(&Method::GET, "/assets/index.js"), None);
     }
 
     #[test]

