@@ -22,7 +22,6 @@ pub mod route;
 pub mod rules;
 pub mod specs;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,7 +72,7 @@ pub enum ResponseFilter {
     #[default]
     None,
     /// Keep only what the organization may use.
-    List(ListKind, Arc<LibreChatConfig>),
+    List(ListKind, Box<LibreChatConfig>),
 }
 
 /// Checks the request against the organization's policy; refused requests
@@ -89,7 +88,7 @@ pub async fn apply(
         return Ok((request.map(RequestBody::Streaming), ResponseFilter::None));
     };
     let organization = identity.organization();
-    let config = &organization.policy;
+    let config = organization.policy();
     let (mut parts, incoming) = request.into_parts();
     let mut body = RequestBody::Streaming(incoming);
     let mut filter = ResponseFilter::None;
@@ -106,7 +105,8 @@ pub async fn apply(
                 );
                 parts.headers.remove(header::IF_NONE_MATCH);
                 parts.headers.remove(header::IF_MODIFIED_SINCE);
-                filter = ResponseFilter::List(kind, config.clone());
+                // List routes are a few per page load: the copy is cheap.
+                filter = ResponseFilter::List(kind, Box::new(config.clone()));
             }
         }
         PolicyRoute::Chat { assistants } => {
@@ -269,8 +269,11 @@ async fn check_agent_copy(
         headers.insert(header::AUTHORIZATION, value);
     }
     if app.config.librechat.tenant_header {
-        if let Ok(id) = HeaderValue::from_str(&identity.organization().id) {
-            headers.insert(crate::proxy::rewrite_request::X_TENANT_ID.clone(), id);
+        if let Some(id) = identity.organization().id_header() {
+            headers.insert(
+                crate::proxy::rewrite_request::X_TENANT_ID.clone(),
+                id.clone(),
+            );
         }
     }
     let response = tokio::time::timeout(READ_TIMEOUT, upstream.client().request(lookup))
@@ -289,7 +292,7 @@ async fn check_agent_copy(
     let agent: Value = serde_json::from_slice(&bytes).map_err(|_| {
         ProxyError::ModelNotAllowed("the agent to copy could not be checked".to_owned())
     })?;
-    decide::check_agent(&identity.organization().policy, &agent).map_err(|refusal| match refusal {
+    decide::check_agent(identity.organization().policy(), &agent).map_err(|refusal| match refusal {
         decide::BodyRefusal::Bad(_) => {
             ProxyError::ModelNotAllowed("the agent to copy could not be checked".to_owned())
         }

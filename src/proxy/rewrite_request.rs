@@ -104,8 +104,8 @@ pub fn rewrite_head(
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     set_identity_headers(headers, identity);
     if app.config.librechat.tenant_header {
-        if let Ok(id) = HeaderValue::from_str(&identity.organization().id) {
-            headers.insert(X_TENANT_ID.clone(), id);
+        if let Some(id) = identity.organization().id_header() {
+            headers.insert(X_TENANT_ID.clone(), id.clone());
         }
     }
     if app.config.librechat.auth_mode == AuthMode::Jwt {
@@ -206,16 +206,15 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
     let pairs = [
         (&X_CHATGATE_USER_ID, Some(identity.user_id())),
-        (
-            &X_CHATGATE_ORG_ID,
-            Some(identity.organization().id.as_str()),
-        ),
         (&X_CHATGATE_ROLE, identity.role()),
     ];
     for (name, value) in pairs {
         if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name.clone(), value);
         }
+    }
+    if let Some(id) = identity.organization().id_header() {
+        headers.insert(X_CHATGATE_ORG_ID.clone(), id.clone());
     }
 }
 

@@ -3,11 +3,11 @@
 //! section 6). Cached per user for `tenant_cache_ttl`, here and in the
 //! store so other replicas reuse it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::http_client::{self, HttpClient};
@@ -26,19 +26,37 @@ pub struct Profile {
     pub organization: Option<Organization>,
 }
 
-/// An organization (the seed's `organizations` row), with its
-/// `librechat_config` also read once into the policy's typed form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "OrganizationRow")]
+/// An organization (the seed's `organizations` row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Organization {
+    #[serde(deserialize_with = "string_or_number")]
     pub id: String,
+    #[serde(default)]
     pub name: String,
+    #[serde(default)]
     pub domain: String,
+    #[serde(default)]
     pub plan_type: Option<String>,
+    #[serde(default)]
     pub librechat_config: Option<serde_json::Value>,
-    /// `librechat_config` as the policy phase reads it (SPEC section 10).
-    #[serde(skip_serializing)]
-    pub policy: Arc<LibreChatConfig>,
+    /// `librechat_config` as the policy reads it, made on first use: only
+    /// requests on policy routes pay the reading, once per cached profile.
+    #[serde(skip)]
+    policy: OnceLock<LibreChatConfig>,
+    /// `id` as a header value (`X-Tenant-Id`, `X-Chatgate-Org-Id`), made once.
+    #[serde(skip)]
+    id_header: OnceLock<Option<HeaderValue>>,
+}
+
+/// Equal rows are equal organizations, whichever caches were filled.
+impl PartialEq for Organization {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.name == other.name
+            && self.domain == other.domain
+            && self.plan_type == other.plan_type
+            && self.librechat_config == other.librechat_config
+    }
 }
 
 impl Organization {
@@ -49,42 +67,28 @@ impl Organization {
         plan_type: Option<String>,
         librechat_config: Option<serde_json::Value>,
     ) -> Self {
-        let policy = LibreChatConfig::from_json(librechat_config.as_ref());
         Self {
             id,
             name,
             domain,
             plan_type,
             librechat_config,
-            policy: Arc::new(policy),
+            policy: OnceLock::new(),
+            id_header: OnceLock::new(),
         }
     }
-}
 
-/// The row as PostgREST (or the store's copy) shapes it.
-#[derive(Deserialize)]
-struct OrganizationRow {
-    #[serde(deserialize_with = "string_or_number")]
-    id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    domain: String,
-    #[serde(default)]
-    plan_type: Option<String>,
-    #[serde(default)]
-    librechat_config: Option<serde_json::Value>,
-}
+    /// The organization's policy (SPEC section 10).
+    pub fn policy(&self) -> &LibreChatConfig {
+        self.policy
+            .get_or_init(|| LibreChatConfig::from_json(self.librechat_config.as_ref()))
+    }
 
-impl From<OrganizationRow> for Organization {
-    fn from(row: OrganizationRow) -> Self {
-        Organization::new(
-            row.id,
-            row.name,
-            row.domain,
-            row.plan_type,
-            row.librechat_config,
-        )
+    /// The id as a header value; `None` if it cannot be one.
+    pub fn id_header(&self) -> Option<&HeaderValue> {
+        self.id_header
+            .get_or_init(|| HeaderValue::from_str(&self.id).ok())
+            .as_ref()
     }
 }
 
@@ -360,8 +364,8 @@ impl Inner {
                     TenantError::Unavailable(format!("unexpected profile shape: {e}"))
                 })?;
                 if let Some(org) = profile.organization.as_ref() {
-                    if !org.policy.problems.is_empty() {
-                        tracing::warn!(organization = %org.id, problems = ?org.policy.problems,
+                    if !org.policy().problems.is_empty() {
+                        tracing::warn!(organization = %org.id, problems = ?org.policy().problems,
                             "librechat_config is not in the expected shape; read as stated");
                     }
                 }
