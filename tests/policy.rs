@@ -369,6 +369,13 @@ async fn two_organizations_each_reach_librechat_as_their_own_tenant() {
             assert_eq!(echoed(&echo, "x-chatgate-user-id"), [who.user_id.as_str()]);
         }
     }
+    // SPEC 10: with no restriction a chat body is not read, so one over
+    // 1 MiB goes through whole (the 413 applies only while a restriction does).
+    let big =
+        json!({"endpoint": "openAI", "model": "gpt-4o", "text": "a".repeat(1_200_000)}).to_string();
+    let (status, echo) = post_json(&w.gate, &ada, "/api/agents/chat/openAI", big.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echo["body_bytes"].as_u64(), Some(big.len() as u64));
 }
 
 /// A browser's `GET` that accepts compressed answers.

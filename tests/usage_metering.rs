@@ -574,6 +574,14 @@ async fn two_replicas_count_two_hundred_chats_exactly_through_a_postgres_outage(
     )
     .await;
 
+    // The spool lets go of a batch just after its commit: wait for the last one.
+    eventually("replica 0's spool is empty", || async {
+        metric(
+            &get_status(addrs[0], "/metrics").await.1,
+            "chatgate_usage_spool_bytes",
+        ) == 0
+    })
+    .await;
     let (_, metrics) = get_status(addrs[0], "/metrics").await;
     for family in [
         "chatgate_usage_batches_written_total",

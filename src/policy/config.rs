@@ -109,14 +109,6 @@ impl LibreChatConfig {
             || self.features.code_interpreter.is_some()
     }
 
-    /// Whether nothing at all applies: chats, lists and routes pass untouched.
-    pub fn is_unrestricted(&self) -> bool {
-        !self.restricts_chat()
-            && self.max_tokens.is_none()
-            && self.custom_instructions.is_none()
-            && self.features == Features::default()
-    }
-
     pub fn allows(&self, feature: Feature) -> bool {
         let switch = match feature {
             Feature::FileUpload => self.features.file_upload,
@@ -236,7 +228,7 @@ mod tests {
             Some(json!({"enabled_models": null, "features": null})),
         ] {
             let config = LibreChatConfig::from_json(value.as_ref());
-            assert!(config.is_unrestricted(), "{value:?}");
+            assert_eq!(config, LibreChatConfig::default(), "{value:?}");
             assert!(config.problems.is_empty());
         }
     }
