@@ -6,7 +6,7 @@
 //!
 //! `cargo bench --bench sse`; criterion reports MB/s (throughput in bytes).
 
-use chatgate::usage::count::{read_event, StreamState};
+use chatgate::usage::count::{may_matter, read_event, StreamState};
 use chatgate::usage::sse::SseParser;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
@@ -62,6 +62,35 @@ fn parse(c: &mut Criterion) {
             let mut tokens = 0u64;
             for piece in stream.chunks(16 * 1024) {
                 parser.feed(piece, &mut |event| {
+                    if let Some(count) = read_event(event).and_then(|s| state.apply(s)) {
+                        tokens += count.tokens.input + count.tokens.output;
+                    }
+                });
+            }
+            assert_eq!(tokens, 25 * 1400 + 300);
+            tokens
+        })
+    });
+    // What the relay hands over: one chunk per event (LibreChat flushes
+    // each one), with the parser given the meter's first-line filter as the
+    // tap gives it.
+    let events: Vec<&[u8]> = stream
+        .split_inclusive(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(3)
+        .map(|lines| {
+            let start = lines[0].as_ptr() as usize - stream.as_ptr() as usize;
+            let len: usize = lines.iter().map(|l| l.len()).sum();
+            &stream[start..start + len]
+        })
+        .collect();
+    group.bench_function("tap_one_chunk_per_event", |b| {
+        b.iter(|| {
+            let mut parser = SseParser::default().keeping(may_matter);
+            let mut state = StreamState::default();
+            let mut tokens = 0u64;
+            for event in &events {
+                parser.feed(event, &mut |event| {
                     if let Some(count) = read_event(event).and_then(|s| state.apply(s)) {
                         tokens += count.tokens.input + count.tokens.output;
                     }

@@ -133,6 +133,21 @@ pub fn read_event(event: SseEvent<'_>) -> Option<Seen> {
     None
 }
 
+/// Whether an event whose first `data` line is `line` may count: `false`
+/// only for LibreChat's graph events other than `on_token_usage`, known by
+/// their first bytes (`{"event":"on_…`). Given to the SSE parser, it keeps
+/// the stream's many content deltas from being copied at all.
+pub fn may_matter(line: &[u8]) -> bool {
+    match line.strip_prefix(GRAPH_EVENT) {
+        Some(name) => name.starts_with(TOKEN_USAGE),
+        None => true,
+    }
+}
+
+/// How LibreChat's graph events begin, and the rest of the one that counts.
+const GRAPH_EVENT: &[u8] = b"{\"event\":\"on_";
+const TOKEN_USAGE: &[u8] = b"token_usage\"";
+
 /// Cheap filters before any JSON parsing: most events are content deltas.
 /// LibreChat writes `{"event":"on_…","data":…}` with `event` first, so a
 /// graph event other than `on_token_usage` is known by its first bytes;
@@ -143,8 +158,8 @@ fn may_count(data: &[u8]) -> bool {
     static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"on_token_usage"));
     static FINAL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"final\""));
     static CREATED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"created\""));
-    if let Some(name) = data.strip_prefix(b"{\"event\":\"on_") {
-        return name.starts_with(b"token_usage\"");
+    if let Some(name) = data.strip_prefix(GRAPH_EVENT) {
+        return name.starts_with(TOKEN_USAGE);
     }
     USAGE.find(data).is_some() || FINAL.find(data).is_some() || CREATED.find(data).is_some()
 }

@@ -31,10 +31,34 @@ pub struct SseParser {
     has_data: bool,
     /// The current event is over the cap: it is skipped when it ends.
     event_overflow: bool,
+    /// The current event's first `data` line failed [`SseParser::keep`]'s
+    /// test: its data is not kept and it is not dispatched.
+    event_ignored: bool,
+    /// Whether an event whose first `data` line is this is worth keeping.
+    keep: fn(&[u8]) -> bool,
     /// The current event's `event:` name; empty = "message".
     name: Vec<u8>,
     /// Events skipped because they were larger than the cap.
     skipped: u64,
+}
+
+/// Where the first line of `bytes` ends (its `\n` or `\r`). On x86-64 the
+/// AVX2 searcher is made once: `memchr2`'s per-call dispatch cost as much
+/// as the search itself on lines of LibreChat's size.
+#[cfg(target_arch = "x86_64")]
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    use memchr::arch::x86_64::avx2::memchr::Two;
+    static AVX2: std::sync::LazyLock<Option<Two>> =
+        std::sync::LazyLock::new(|| Two::new(b'\n', b'\r'));
+    match &*AVX2 {
+        Some(two) => two.find(bytes),
+        None => memchr::memchr2(b'\n', b'\r', bytes),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr2(b'\n', b'\r', bytes)
 }
 
 /// One dispatched event, borrowed from the parser until the callback returns.
@@ -57,6 +81,8 @@ impl SseParser {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
+            event_ignored: false,
+            keep: |_| true,
             line: Vec::new(),
             line_overflow: false,
             after_cr: false,
@@ -66,6 +92,16 @@ impl SseParser {
             name: Vec::new(),
             skipped: 0,
         }
+    }
+
+    /// Dispatches only the events whose first `data` line passes `keep`:
+    /// the others' data is neither copied nor handed over. `keep` sees the
+    /// line's value (after `data:` and its one optional space); it must
+    /// answer `false` only when no continuation could make the event
+    /// matter (data lines are joined with `\n`).
+    pub fn keeping(mut self, keep: fn(&[u8]) -> bool) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// Events skipped so far for being larger than the cap.
@@ -86,8 +122,13 @@ impl SseParser {
                 bytes = rest;
             }
         }
-        while !bytes.is_empty() {
-            let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) else {
+        while let Some(&first) = bytes.first() {
+            // Events end with a blank line: found without a search.
+            let end = if matches!(first, b'\n' | b'\r') {
+                0
+            } else if let Some(end) = line_end(bytes) {
+                end
+            } else {
                 self.keep_partial(bytes);
                 return;
             };
@@ -129,6 +170,7 @@ impl SseParser {
         self.has_data = false;
         self.line_overflow = false;
         self.event_overflow = false;
+        self.event_ignored = false;
     }
 
     fn keep_partial(&mut self, bytes: &[u8]) {
@@ -148,19 +190,28 @@ impl SseParser {
             self.dispatch(on_event);
             return;
         }
-        if line[0] == b':' {
+        // The two fields a meter reads, known by their first bytes (the
+        // field name ends at the first colon, so `data:` is `data`).
+        let (field, value) = if let Some(value) = line.strip_prefix(b"data:") {
+            (&b"data"[..], value)
+        } else if let Some(value) = line.strip_prefix(b"event:") {
+            (&b"event"[..], value)
+        } else if line[0] == b':' {
             return; // a comment
-        }
-        let (field, value) = match memchr::memchr(b':', line) {
-            Some(colon) => {
-                let value = &line[colon + 1..];
-                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+        } else {
+            match memchr::memchr(b':', line) {
+                Some(colon) => (&line[..colon], &line[colon + 1..]),
+                None => (line, &b""[..]),
             }
-            None => (line, &b""[..]),
         };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
             b"data" => {
-                if self.event_overflow {
+                if self.event_overflow || self.event_ignored {
+                    return;
+                }
+                if !self.has_data && !(self.keep)(value) {
+                    self.event_ignored = true;
                     return;
                 }
                 let extra = usize::from(self.has_data) + value.len();
@@ -177,8 +228,11 @@ impl SseParser {
             }
             b"event" => {
                 self.name.clear();
-                self.name
-                    .extend_from_slice(&value[..value.len().min(EVENT_NAME_CAP)]);
+                // An empty name is "message": LibreChat's usual one is not copied.
+                if value != b"message" {
+                    self.name
+                        .extend_from_slice(&value[..value.len().min(EVENT_NAME_CAP)]);
+                }
             }
             // `id`, `retry` and unknown fields mean nothing to a meter.
             _ => {}
@@ -207,6 +261,7 @@ impl SseParser {
         self.name.clear();
         self.has_data = false;
         self.event_overflow = false;
+        self.event_ignored = false;
     }
 }
 

@@ -86,7 +86,7 @@ pub fn wrap(metered: Option<Metered>, response: Response<ProxyBody>) -> Response
     let mode = if encoded {
         None
     } else if content_type.starts_with("text/event-stream") {
-        Some(Mode::Sse(SseParser::default()))
+        Some(Mode::Sse(SseParser::default().keeping(count::may_matter)))
     } else if content_type.starts_with("application/json") && metered.route == ChatRoute::Post {
         Some(Mode::Json(Vec::new()))
     } else {
@@ -273,14 +273,10 @@ impl Body for TapBody {
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
+                // A body that says it has ended may not be polled again: its
+                // count is finished when it is dropped (see `Drop`).
                 if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
                     tap.feed(data);
-                }
-                // hyper may stop polling a body that says it has ended.
-                if this.inner.is_end_stream() {
-                    if let Some(mut tap) = this.tap.take() {
-                        tap.finish();
-                    }
                 }
             }
             Poll::Ready(Some(Err(_)) | None) => {
@@ -307,7 +303,7 @@ impl Drop for TapBody {
         let Some(mut tap) = self.tap.take() else {
             return;
         };
-        if self.draining {
+        if self.draining || self.inner.is_end_stream() {
             tap.finish();
             return;
         }
