@@ -42,16 +42,6 @@ pub fn rewrite(
     response
 }
 
-/// The `frame-ancestors` directive for `iframe.allowed_origins`.
-pub fn frame_ancestors_directive(allowed_origins: &[String]) -> String {
-    let mut directive = String::from("frame-ancestors 'self'");
-    for origin in allowed_origins {
-        directive.push(' ');
-        directive.push_str(origin);
-    }
-    directive
-}
-
 /// Keeps every directive of the upstream's CSP but its `frame-ancestors`,
 /// and adds ours; without an upstream CSP, ours alone.
 fn merge_frame_ancestors(headers: &mut HeaderMap, directive: &str) {
@@ -143,6 +133,7 @@ pub fn cross_site_cookie(cookie: &HeaderValue) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::frame_ancestors_directive;
 
     #[test]
     fn upstream_csp_keeps_its_directives_and_loses_its_frame_ancestors() {
