@@ -20,6 +20,10 @@ use crate::supabase::Supabase;
 use crate::upstream::sticky::StickyPins;
 use crate::upstream::Pool;
 
+/// Slowloris guard: how long an HTTP/1.1 request head may take to arrive
+/// (the default of [`Options::header_read_timeout`]).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How chatgate was started, beyond `proxy.toml` itself.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -42,7 +46,7 @@ impl Default for Options {
             health_interval: Duration::from_secs(5),
             config_path: None,
             workers: 1,
-            header_read_timeout: crate::server::HEADER_READ_TIMEOUT,
+            header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -101,9 +105,7 @@ impl App {
             config.librechat.jwt_secret.as_ref().map(|s| s.expose()),
             config.librechat.token_ttl,
         );
-        let frame_ancestors = crate::proxy::rewrite_response::frame_ancestors_directive(
-            &config.iframe.allowed_origins,
-        );
+        let frame_ancestors = frame_ancestors_directive(&config.iframe.allowed_origins);
         let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
         let frame_ancestors_header = http::HeaderValue::from_str(&frame_ancestors)
             .map_err(|_| "iframe.allowed_origins: not usable in a header".to_owned())?;
@@ -142,4 +144,14 @@ impl App {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+}
+
+/// The `frame-ancestors` directive for `iframe.allowed_origins`.
+pub fn frame_ancestors_directive(allowed_origins: &[String]) -> String {
+    let mut directive = String::from("frame-ancestors 'self'");
+    for origin in allowed_origins {
+        directive.push(' ');
+        directive.push_str(origin);
+    }
+    directive
 }

@@ -12,7 +12,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::{Instant, Sleep};
 
-use crate::error::BoxError;
+/// The error a body stream (and most of what carries one) ends with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streamed body of any origin: upstream responses, client uploads, or
 /// chatgate's own small answers.

@@ -1582,6 +1582,27 @@ mod tests {
     }
 
     #[test]
+    fn docs_configuration_md_has_a_row_for_every_key() {
+        const DOC: &str = include_str!("../docs/configuration.md");
+        for key in all_keys(&schema().unwrap()) {
+            let (section, name) = key.split_once('.').unwrap();
+            let heading = format!("## `[{section}]`");
+            let start = DOC.find(&heading).unwrap_or_else(|| panic!("no {heading}"));
+            let rest = &DOC[start + heading.len()..];
+            let part = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+            let row = part
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}`")))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for {key}"));
+            let generic = format!("CHATGATE_{}", key.replace('.', "_").to_ascii_uppercase());
+            assert!(
+                row.contains(&generic),
+                "{key}: the row does not name {generic}"
+            );
+        }
+    }
+
+    #[test]
     fn an_unknown_section_is_named() {
         let message = error("[sever]\nlisten = \"0.0.0.0:1\"\n");
         assert!(message.contains("[sever]"), "{message}");

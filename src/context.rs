@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Uri, Version};
 
-use crate::proxy::identify::Identity;
+use crate::identity::Identity;
 use crate::upstream::Upstream;
 
 /// What is known about the connection a request came in on.

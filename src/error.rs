@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+pub use crate::body::BoxError;
 use crate::body::{self, ProxyBody};
 
 /// Why chatgate answered a request itself instead of forwarding it.
@@ -57,8 +58,6 @@ pub enum ProxyError {
         location: HeaderValue,
     },
 }
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {

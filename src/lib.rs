@@ -27,13 +27,21 @@
 //! ```
 //!
 //! Module map: `config` (proxy.toml), `server` (listeners, drain, reload),
-//! `tls`, `proxy` and its phases, `supabase` (cookie, token verification,
-//! refresh, organization), `librechat` (chatgate token, hand-off, OpenID
-//! provider, own routes, user switch), `upstream` (pool, health, sticky pins,
-//! rendezvous), `store` (memory, Redis, fail-fast guard), `admin`, `error`,
-//! `context` (per-request state), `body` (streaming, idle limit), `policy`
-//! (the organization's policy: rules, chat bodies, lists, quota), `usage`
-//! (metering chat streams into Postgres), `calendar` (UTC dates).
+//! `tls`, `proxy` and its phases (`proxy::policy` applies the organization's
+//! policy), `routes` (chatgate's own routes: seed API, OpenID provider),
+//! `identify` (who is asking: the phase, the hand-off and chatgate's
+//! session, the user switch), `identity` (the `Identity` it makes),
+//! `supabase` (cookie, token verification, refresh, organization),
+//! `librechat` (chatgate token, OpenID provider keys and grants), `upstream`
+//! (pool, health, sticky pins, rendezvous), `store` (memory, Redis,
+//! fail-fast guard), `admin`, `error`, `context` (per-request state), `body`
+//! (streaming, idle limit), `policy` (the organization's policy as pure
+//! decisions: rules, chat bodies, lists, quota), `usage` (metering chat
+//! streams into Postgres), `calendar` (UTC dates).
+//!
+//! Modules only call downwards: no top-level module uses one that uses it
+//! back (`tests/module_graph.rs`; the layers are drawn in
+//! `docs/architecture.md`).
 
 pub mod admin;
 pub mod app;
@@ -44,11 +52,14 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod http_client;
+pub mod identify;
+pub mod identity;
 pub mod librechat;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod routes;
 pub mod server;
 pub mod store;
 pub mod supabase;

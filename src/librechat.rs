@@ -1,11 +1,7 @@
 //! Signing users in to LibreChat (SPEC section 7): the chatgate token
-//! (`token`), the hand-off and chatgate's own session (`handoff`), the
-//! OpenID provider (`oidc`), the routes chatgate answers itself (`routes`),
-//! and the binding of LibreChat's session to one dashboard user
-//! (`user_switch`).
+//! (`token`) and the OpenID provider (`oidc`) — the keys and grants the
+//! shared state holds. The routes that hand them out are `crate::routes`;
+//! the hand-off and chatgate's own session are `crate::identify::handoff`.
 
-pub mod handoff;
 pub mod oidc;
-pub mod routes;
 pub mod token;
-pub mod user_switch;

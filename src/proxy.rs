@@ -15,8 +15,8 @@
 //! 7. `log`              — one access-log line
 
 pub mod forward;
-pub mod identify;
 mod log;
+pub mod policy;
 pub mod rewrite_request;
 pub mod rewrite_response;
 
@@ -31,9 +31,8 @@ use crate::app::App;
 use crate::body::{self, ProxyBody};
 use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
-use crate::librechat::routes;
-use crate::librechat::user_switch;
-use crate::policy;
+use crate::identify::{self, user_switch};
+use crate::routes;
 use crate::usage;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");

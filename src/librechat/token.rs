@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::identify::Identity;
+use crate::identity::Identity;
 
 /// The organization inside the token (the seed's shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

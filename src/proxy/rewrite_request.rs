@@ -11,13 +11,14 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request};
 use hyper::upgrade::OnUpgrade;
 
-use super::identify::Identity;
 use crate::app::App;
 use crate::body::RequestBody;
 use crate::config::AuthMode;
 use crate::context::RequestContext;
 use crate::error::ProxyError;
-use crate::librechat::user_switch::CHATGATE_COOKIES;
+use crate::identify::handoff::without_params;
+use crate::identify::user_switch::CHATGATE_COOKIES;
+use crate::identity::Identity;
 use crate::supabase::cookie::strip_cookies;
 
 /// Everything `forward` needs to send (and, when safe, re-send) a request.
@@ -325,39 +326,6 @@ fn set_forwarding_headers(
 /// chatgate's business and must never reach LibreChat (SPEC section 13).
 pub fn without_token_param(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
     without_params(uri, &["token"])
-}
-
-/// The path and query without the named parameters. Names are compared
-/// decoded, so `%74oken=` counts as `token=` as it would for the server
-/// reading it.
-pub(crate) fn without_params(uri: &http::Uri, names: &[&str]) -> Result<PathAndQuery, ProxyError> {
-    let Some(pq) = uri.path_and_query() else {
-        return Ok(PathAndQuery::from_static("/"));
-    };
-    let Some(query) = pq.query() else {
-        return Ok(pq.clone());
-    };
-    let named = |pair: &&str| {
-        url::form_urlencoded::parse(pair.as_bytes())
-            .next()
-            .is_some_and(|(name, _)| {
-                names
-                    .iter()
-                    .any(|n| name == *n || name.strip_suffix("[]") == Some(n))
-            })
-    };
-    if !query.split('&').any(|p| named(&p)) {
-        return Ok(pq.clone());
-    }
-    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
-    let rebuilt = if kept.is_empty() {
-        pq.path().to_owned()
-    } else {
-        format!("{}?{}", pq.path(), kept.join("&"))
-    };
-    rebuilt
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("the request target is not valid"))
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {

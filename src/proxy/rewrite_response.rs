@@ -42,16 +42,6 @@ pub fn rewrite(
     response
 }
 
-/// The `frame-ancestors` directive for `iframe.allowed_origins`.
-pub fn frame_ancestors_directive(allowed_origins: &[String]) -> String {
-    let mut directive = String::from("frame-ancestors 'self'");
-    for origin in allowed_origins {
-        directive.push(' ');
-        directive.push_str(origin);
-    }
-    directive
-}
-
 /// Keeps every directive of the upstream's CSP but its `frame-ancestors`,
 /// and adds ours; without an upstream CSP, ours alone.
 fn merge_frame_ancestors(headers: &mut HeaderMap, directive: &str) {
@@ -120,6 +110,12 @@ pub fn finish_headers(app: &App, ctx: &RequestContext, headers: &mut HeaderMap) 
 /// Rewrites one `Set-Cookie` to `SameSite=None; Secure; Partitioned`,
 /// replacing whatever of those the upstream set (LibreChat: `Strict`).
 /// Public for the fuzz target.
+///
+/// Hand-written rather than `cookie::Cookie::parse` + `Display`: that
+/// round trip reorders the attributes, drops the ones it does not know
+/// (`Priority=High`), takes the dot off `Domain=.example.com` and refuses a
+/// cookie without a name, where this keeps every byte but the three
+/// attributes it replaces (`docs/architecture.md`, "Crates not used").
 pub fn cross_site_cookie(cookie: &HeaderValue) -> HeaderValue {
     let Ok(text) = cookie.to_str() else {
         return cookie.clone();
@@ -143,6 +139,7 @@ pub fn cross_site_cookie(cookie: &HeaderValue) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::frame_ancestors_directive;
 
     #[test]
     fn upstream_csp_keeps_its_directives_and_loses_its_frame_ancestors() {
@@ -181,6 +178,13 @@ mod tests {
                 "a=b; samesite=lax; partitioned; Max-Age=0",
                 "a=b; Max-Age=0; SameSite=None; Secure; Partitioned",
             ),
+            // What a parse-and-print with the `cookie` crate would change:
+            // unknown attributes, a Domain's leading dot, a nameless cookie.
+            (
+                "id=1; Priority=High; Domain=.example.com; Path=/",
+                "id=1; Priority=High; Domain=.example.com; Path=/; SameSite=None; Secure; Partitioned",
+            ),
+            ("nameless", "nameless; SameSite=None; Secure; Partitioned"),
         ];
         for (input, expected) in cases {
             let out = cross_site_cookie(&HeaderValue::from_static(input));

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
-use crate::proxy::identify::Identity;
+use crate::identity::Identity;
 
 /// Cookies chatgate sets for itself; none of them reaches LibreChat.
 pub const CHATGATE_COOKIES: &[&str] = &[super::handoff::SESSION_COOKIE, BIND_COOKIE];

@@ -8,13 +8,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
-use super::token::{now, TokenClaims, TokenError};
 use crate::app::App;
 use crate::context::RequestContext;
 use crate::error::ProxyError;
+use crate::librechat::token::{now, TokenClaims, TokenError};
 use crate::supabase::refresh::token_hash;
 
 /// chatgate's own session cookie (SPEC section 5); never forwarded.
@@ -89,7 +90,7 @@ async fn try_exchange(
         .await
         .map_err(|e| ProxyError::AuthUnavailable(e.to_string()))?;
     ctx.set_cookies.push(session_cookie(app, ctx, &id, ttl));
-    let clean = crate::proxy::rewrite_request::without_params(uri, &["token", "org"])?;
+    let clean = without_params(uri, &["token", "org"])?;
     HeaderValue::from_str(clean.as_str())
         .map_err(|_| ProxyError::BadRequest("the request target is not valid"))
 }
@@ -192,4 +193,37 @@ pub fn new_session_id() -> String {
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let _ = aws_lc_rs::rand::SecureRandom::fill(&rng, &mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The path and query without the named parameters. Names are compared
+/// decoded, so `%74oken=` counts as `token=` as it would for the server
+/// reading it.
+pub fn without_params(uri: &http::Uri, names: &[&str]) -> Result<PathAndQuery, ProxyError> {
+    let Some(pq) = uri.path_and_query() else {
+        return Ok(PathAndQuery::from_static("/"));
+    };
+    let Some(query) = pq.query() else {
+        return Ok(pq.clone());
+    };
+    let named = |pair: &&str| {
+        url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| {
+                names
+                    .iter()
+                    .any(|n| name == *n || name.strip_suffix("[]") == Some(n))
+            })
+    };
+    if !query.split('&').any(|p| named(&p)) {
+        return Ok(pq.clone());
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
+    let rebuilt = if kept.is_empty() {
+        pq.path().to_owned()
+    } else {
+        format!("{}?{}", pq.path(), kept.join("&"))
+    };
+    rebuilt
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the request target is not valid"))
 }

@@ -10,15 +10,15 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::handoff;
-use super::oidc::{self, Grant, OAuthError};
-use super::token::{now, TokenClaims, TokenError};
 use crate::app::App;
 use crate::body::{self, ProxyBody};
 use crate::config::AuthMode;
 use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
-use crate::proxy::identify::{self, Identity};
+use crate::identify::{self, handoff, user_switch};
+use crate::identity::Identity;
+use crate::librechat::oidc::{self, Grant, OAuthError};
+use crate::librechat::token::{now, TokenClaims, TokenError};
 
 /// Forms and JSON chatgate reads are small.
 const MAX_BODY: usize = 64 * 1024;
@@ -96,7 +96,7 @@ pub async fn answer(
 fn mint(
     app: &App,
     identity: &Identity,
-) -> Result<std::sync::Arc<super::token::Minted>, ProxyError> {
+) -> Result<std::sync::Arc<crate::librechat::token::Minted>, ProxyError> {
     app.librechat_tokens
         .for_identity(identity)
         .map_err(|e| match e {
@@ -166,7 +166,7 @@ async fn logout(
         handoff::end(app, id).await;
     }
     ctx.set_cookies.push(handoff::clear_session_cookie());
-    ctx.set_cookies.extend(super::user_switch::clear_all());
+    ctx.set_cookies.extend(user_switch::clear_all());
     Ok(json_response(StatusCode::OK, json!({ "success": true })))
 }
 

@@ -1,6 +1,8 @@
-//! Phase 3: who is asking (SPEC section 5). Forwarding takes an `Identity`,
-//! and only this module can make one, so no route reaches LibreChat without
-//! passing here. There is deliberately no setting that skips this phase.
+//! Phase 3: who is asking (SPEC section 5). Forwarding takes an `Identity`
+//! (`crate::identity`), and the request path makes one only here, so no
+//! route reaches LibreChat without passing here. There is deliberately no
+//! setting that skips this phase. Below both the proxy and chatgate's own
+//! routes (`crate::routes`), which call it; it calls only downwards.
 //!
 //! In order, the first that applies:
 //! 1. a hand-off `?token=` on a page load → a chatgate session and a 303;
@@ -8,91 +10,22 @@
 //!    `chatgate_session` of another user, which is then ended;
 //! 3. the `chatgate_session` cookie.
 
+pub mod handoff;
+pub mod user_switch;
+
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
+use self::handoff::SessionRecord;
 use crate::app::App;
 use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
-use crate::librechat::handoff::{self, SessionRecord};
+use crate::identity::Identity;
 use crate::supabase::session::SessionCheck;
 use crate::supabase::tenant::{Organization, Profile, TenantError};
 use crate::supabase::verify::{AccessClaims, VerifyError};
-
-/// A signed-in dashboard user who belongs to an organization.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    claims: Arc<AccessClaims>,
-    profile: Arc<Profile>,
-}
-
-impl Identity {
-    /// A verified user with their profile; `None` when the profile names no
-    /// organization (such a user is refused before any identity is made).
-    pub fn new(claims: Arc<AccessClaims>, profile: Arc<Profile>) -> Option<Self> {
-        profile.organization.as_ref()?;
-        Some(Identity { claims, profile })
-    }
-
-    /// The Supabase user id (`sub`).
-    pub fn user_id(&self) -> &str {
-        &self.claims.sub
-    }
-
-    pub fn email(&self) -> Option<&str> {
-        self.claims.email.as_deref()
-    }
-
-    /// The role in the organization (`profiles.role`), else the token's.
-    pub fn role(&self) -> Option<&str> {
-        self.profile.role.as_deref().or(self.claims.role.as_deref())
-    }
-
-    pub fn user_metadata(&self) -> Option<&serde_json::Value> {
-        self.claims.user_metadata.as_ref()
-    }
-
-    pub fn organization(&self) -> &Organization {
-        // Every constructor below checks that the profile has one.
-        self.profile
-            .organization
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("Identity without an organization"))
-    }
-
-    /// The identity a chatgate session stands for.
-    fn from_session(record: SessionRecord) -> Self {
-        let c = record.claims;
-        let metadata = serde_json::json!({ "full_name": c.name, "avatar_url": c.avatar });
-        let claims = AccessClaims {
-            sub: c.sub,
-            email: Some(c.email),
-            role: Some(c.role.clone()),
-            exp: c.exp,
-            iat: Some(c.iat),
-            session_id: None,
-            is_anonymous: Some(false),
-            user_metadata: Some(metadata),
-        };
-        let org = c.organization;
-        let profile = Profile {
-            role: Some(c.role),
-            organization: Some(Organization::new(
-                org.id,
-                org.name,
-                org.domain,
-                org.plan_type,
-                org.librechat_config,
-            )),
-        };
-        Self {
-            claims: Arc::new(claims),
-            profile: Arc::new(profile),
-        }
-    }
-}
 
 /// Identifies the user of a request bound for LibreChat (or for an OpenID
 /// authorization, which identifies the same way).
@@ -128,7 +61,7 @@ pub async fn identify(
             match handoff::load(app, &id).await {
                 Ok(Some(record)) => {
                     ctx.identified_by = Some("session");
-                    Ok(Identity::from_session(record))
+                    Ok(from_session(record))
                 }
                 Ok(None) => {
                     ctx.set_cookies.push(handoff::clear_session_cookie());
@@ -140,6 +73,35 @@ pub async fn identify(
         }
         (Err(error), _) => Err(error),
     }
+}
+
+/// The identity a chatgate session stands for.
+fn from_session(record: SessionRecord) -> Identity {
+    let c = record.claims;
+    let metadata = serde_json::json!({ "full_name": c.name, "avatar_url": c.avatar });
+    let claims = AccessClaims {
+        sub: c.sub,
+        email: Some(c.email),
+        role: Some(c.role.clone()),
+        exp: c.exp,
+        iat: Some(c.iat),
+        session_id: None,
+        is_anonymous: Some(false),
+        user_metadata: Some(metadata),
+    };
+    let org = c.organization;
+    let profile = Profile {
+        role: Some(c.role),
+        organization: Some(Organization::new(
+            org.id,
+            org.name,
+            org.domain,
+            org.plan_type,
+            org.librechat_config,
+        )),
+    };
+    Identity::new(Arc::new(claims), Arc::new(profile))
+        .unwrap_or_else(|| unreachable!("a chatgate session names its organization"))
 }
 
 fn is_no_supabase_session(error: &ProxyError) -> bool {
@@ -234,8 +196,5 @@ async fn with_organization(
             TenantError::Rejected => ProxyError::Unauthenticated,
             TenantError::Unavailable(reason) => ProxyError::AuthUnavailable(reason),
         })?;
-    if profile.organization.is_none() {
-        return Err(ProxyError::NoOrganization);
-    }
-    Ok(Identity { claims, profile })
+    Identity::new(claims, profile).ok_or(ProxyError::NoOrganization)
 }
