@@ -115,9 +115,16 @@ enum Mode {
     Json(Vec<u8>),
 }
 
+/// What a tapped body reads with (`mode`) and what it has counted.
 struct Tap {
-    metered: Metered,
     mode: Mode,
+    count: Count,
+}
+
+/// One chat request's count so far; apart from [`Mode`] so that the
+/// parser can hand each event straight to it.
+struct Count {
+    metered: Metered,
     state: StreamState,
     /// The POST's message is still to be counted.
     message_pending: bool,
@@ -133,13 +140,50 @@ impl Tap {
         }
         let message_pending = metered.route == ChatRoute::Post;
         Tap {
-            metered,
             mode: Mode::None,
-            state,
-            message_pending,
+            count: Count {
+                metered,
+                state,
+                message_pending,
+            },
         }
     }
 
+    fn feed(&mut self, bytes: &[u8]) {
+        let Tap { mode, count } = self;
+        match mode {
+            Mode::Sse(parser) => parser.feed(bytes, &mut |event| {
+                if let Some(seen) = count::read_event(event) {
+                    count.apply(seen);
+                }
+            }),
+            Mode::Json(buffer) => {
+                if buffer.len() + bytes.len() <= JSON_CAP {
+                    buffer.extend_from_slice(bytes);
+                } else {
+                    buffer.clear();
+                    *mode = Mode::None;
+                }
+            }
+            Mode::None => {}
+        }
+    }
+
+    /// The body ended (or was given up): the message is counted if it was
+    /// not yet, and a JSON answer is read.
+    fn finish(&mut self) {
+        match std::mem::replace(&mut self.mode, Mode::None) {
+            Mode::Sse(mut parser) => parser.finish(),
+            Mode::Json(buffer) => self.count.read_json(&buffer),
+            Mode::None => {}
+        }
+        if self.count.message_pending {
+            self.count.emit(None, true);
+        }
+    }
+}
+
+impl Count {
     fn stream_id(&self) -> Option<String> {
         match &self.metered.route {
             ChatRoute::Stream { stream_id } => Some(stream_id.clone()),
@@ -158,31 +202,6 @@ impl Tap {
             messages,
             tokens,
         });
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        match &mut self.mode {
-            Mode::Sse(parser) => {
-                let mut seen = Vec::new();
-                parser.feed(bytes, &mut |event| {
-                    if let Some(s) = count::read_event(event) {
-                        seen.push(s);
-                    }
-                });
-                for s in seen {
-                    self.apply(s);
-                }
-            }
-            Mode::Json(buffer) => {
-                if buffer.len() + bytes.len() <= JSON_CAP {
-                    buffer.extend_from_slice(bytes);
-                } else {
-                    buffer.clear();
-                    self.mode = Mode::None;
-                }
-            }
-            Mode::None => {}
-        }
     }
 
     fn apply(&mut self, seen: count::Seen) {
@@ -204,19 +223,6 @@ impl Tap {
             self.emit(counted.map(|c| c.tokens), true);
         } else if let Some(count) = counted {
             self.emit(Some(count.tokens), false);
-        }
-    }
-
-    /// The body ended (or was given up): the message is counted if it was
-    /// not yet, and a JSON answer is read.
-    fn finish(&mut self) {
-        match std::mem::replace(&mut self.mode, Mode::None) {
-            Mode::Sse(mut parser) => parser.finish(),
-            Mode::Json(buffer) => self.read_json(&buffer),
-            Mode::None => {}
-        }
-        if self.message_pending {
-            self.emit(None, true);
         }
     }
 
@@ -308,7 +314,7 @@ impl Drop for TapBody {
             return;
         }
         // The client left before the end: read on, if a drain is free.
-        let meter = tap.metered.meter.clone();
+        let meter = tap.count.metered.meter.clone();
         let Ok(permit) = meter.drains.clone().try_acquire_owned() else {
             meter.stats.drains_refused.fetch_add(1, Ordering::Relaxed);
             tap.finish();
