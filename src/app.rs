@@ -62,7 +62,9 @@ pub struct App {
     /// Which instance each user is held to (in `store`), and the fallback
     /// when the store does not answer.
     pub pins: StickyPins,
-    pub supabase: Supabase,
+    /// Shared with the App a reload swaps in while `[supabase]` and
+    /// `[store]` stay the same (its key and profile caches survive).
+    pub supabase: Arc<Supabase>,
     /// `frame-ancestors 'self' <iframe.allowed_origins…>`, built once.
     pub frame_ancestors: String,
     /// The same as a ready header value (responses without a CSP of their own).
@@ -88,15 +90,44 @@ pub struct App {
 
 impl App {
     pub async fn new(config: Config) -> Result<Self, String> {
-        let pool = Pool::with_limit(
-            &config.librechat.upstreams,
-            &config.librechat.draining,
-            config.librechat.max_connections_per_instance,
-        )?;
-        let redis_url = config.store.redis_url.as_ref().map(|s| s.expose());
-        let store = store::connect(redis_url).await.map_err(|e| e.to_string())?;
-        let http = crate::http_client::build();
-        let supabase = Supabase::new(&config.supabase, http, store.clone());
+        Self::build(config, None).await
+    }
+
+    /// The App a reload swaps in for `old`. What holds state worth keeping
+    /// is carried over while its settings stay the same: the store (with
+    /// the in-process store, its sticky pins, refresh results and month
+    /// counters), Supabase's keys, verified tokens and profiles, and the
+    /// pool's health and connections. A SIGHUP while Supabase is down must
+    /// not empty caches that the outage would then keep empty.
+    pub async fn reloaded(config: Config, old: &App) -> Result<Self, String> {
+        Self::build(config, Some(old)).await
+    }
+
+    async fn build(config: Config, old: Option<&App>) -> Result<Self, String> {
+        let old_store = old.filter(|old| old.config.store == config.store);
+        let store = match old_store {
+            Some(old) => old.store.clone(),
+            None => {
+                let redis_url = config.store.redis_url.as_ref().map(|s| s.expose());
+                store::connect(redis_url).await.map_err(|e| e.to_string())?
+            }
+        };
+        let pool = match old.filter(|old| same_pool(&old.config, &config)) {
+            Some(old) => old.pool.clone(),
+            None => Arc::new(Pool::with_limit(
+                &config.librechat.upstreams,
+                &config.librechat.draining,
+                config.librechat.max_connections_per_instance,
+            )?),
+        };
+        let supabase = match old_store.filter(|old| old.config.supabase == config.supabase) {
+            Some(old) => old.supabase.clone(),
+            None => Arc::new(Supabase::new(
+                &config.supabase,
+                crate::http_client::build(),
+                store.clone(),
+            )),
+        };
         let oidc = match config.librechat.auth_mode {
             AuthMode::Oidc => Some(OidcProvider::new(&config).map_err(|e| e.to_string())?),
             AuthMode::Jwt => None,
@@ -114,7 +145,7 @@ impl App {
         Ok(Self {
             frame_ancestors_header,
             config,
-            pool: Arc::new(pool),
+            pool,
             store,
             pins,
             supabase,
@@ -154,4 +185,12 @@ pub fn frame_ancestors_directive(allowed_origins: &[String]) -> String {
         directive.push_str(origin);
     }
     directive
+}
+
+/// The pool is kept across a reload while its instances and limits stay.
+fn same_pool(old: &Config, new: &Config) -> bool {
+    let (old, new) = (&old.librechat, &new.librechat);
+    old.upstreams == new.upstreams
+        && old.draining == new.draining
+        && old.max_connections_per_instance == new.max_connections_per_instance
 }

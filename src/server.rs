@@ -128,7 +128,7 @@ impl Running {
             }
         }
         let key = tls::load_certified_key(&config.tls).map_err(|e| e.to_string())?;
-        let mut app = App::new(config).await?;
+        let mut app = App::reloaded(config, &old).await?;
         // Counters and open tunnels belong to the process, not to one config.
         app.metrics = old.metrics.clone();
         app.tunnels = old.tunnels.clone();

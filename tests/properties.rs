@@ -1,7 +1,8 @@
 //! Property tests (issue 13, item 5) for what reads client bytes: the
 //! session cookie decoder, the access-token path, the config parser, the
-//! `Set-Cookie` and request-head rewriters and the policy's chat-body
-//! check. None panics on any input; round trips hold where there is one.
+//! `Set-Cookie` and request-head rewriters, the policy's chat-body check
+//! and the SSE usage parser. None panics on any input; round trips hold
+//! where there is one; a stream cut anywhere reads as the stream whole.
 //! The same properties run much longer under `scripts/fuzz.sh`.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,6 +16,8 @@ use chatgate::proxy::rewrite_request::{scrub_client_headers, without_token_param
 use chatgate::proxy::rewrite_response::cross_site_cookie;
 use chatgate::supabase::cookie::{encode_set_cookies, find_session_cookie, SupabaseSession};
 use chatgate::supabase::verify::{Verifier, VerifierSettings};
+use chatgate::usage::count::{may_matter, read_event, Count, Seen, StreamState};
+use chatgate::usage::sse::{SseParser, DEFAULT_EVENT_CAP};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -491,5 +494,174 @@ proptest! {
             with_prefix(added);
         }
         prop_assert_eq!(got, expected);
+    }
+}
+
+// ------------------------------------------------------------ SSE usage
+
+/// What one reading of a stream yields: the events, what the meter made of
+/// each, what it counted and what it skipped.
+#[derive(Debug, PartialEq)]
+struct Reading {
+    events: Vec<(Vec<u8>, Vec<u8>, Option<Seen>)>,
+    counts: Vec<Count>,
+    skipped: u64,
+    rejected: u64,
+    conversation: Option<String>,
+    model: Option<String>,
+}
+
+fn read_stream(cap: usize, pieces: &[&[u8]]) -> Reading {
+    read_stream_keeping(cap, |_| true, pieces)
+}
+
+/// As the tap reads: events whose first data line fails `keep` are not
+/// handed over (the tap gives `count::may_matter`).
+fn read_stream_keeping(cap: usize, keep: fn(&[u8]) -> bool, pieces: &[&[u8]]) -> Reading {
+    let mut parser = SseParser::new(cap).keeping(keep);
+    let mut events = Vec::new();
+    for piece in pieces {
+        parser.feed(piece, &mut |event| {
+            events.push((event.name.to_vec(), event.data.to_vec(), read_event(event)));
+        });
+        assert!(
+            parser.buffered() <= 2 * cap,
+            "held {} bytes",
+            parser.buffered()
+        );
+    }
+    let skipped = parser.skipped();
+    parser.finish();
+    let mut state = StreamState::default();
+    let counts = events
+        .iter()
+        .filter_map(|(_, _, seen)| state.apply(seen.clone()?))
+        .collect();
+    Reading {
+        events,
+        counts,
+        skipped,
+        rejected: state.rejected,
+        conversation: state.conversation,
+        model: state.model,
+    }
+}
+
+/// `stream` cut at `cuts` (positions taken modulo its length + 1).
+fn cut(stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    at.sort_unstable();
+    let mut from = 0;
+    let mut pieces = Vec::new();
+    for to in at.into_iter().chain([stream.len()]) {
+        pieces.push(stream[from..to].to_vec());
+        from = to;
+    }
+    pieces
+}
+
+/// Bytes that look like a stream often enough to reach every rule: SSE
+/// field lines, any line ending, LibreChat's JSON, and noise.
+fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(b"event: message".to_vec()),
+        Just(b"event:error".to_vec()),
+        Just(b"data: ".to_vec()),
+        Just(b"data:".to_vec()),
+        Just(b": ping".to_vec()),
+        Just(b"id: 7".to_vec()),
+        Just(b"retry: 1000".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\n\n".to_vec()),
+        Just(br#"{"event":"on_token_usage","data":{"input_tokens":12,"output_tokens":3,"model":"gpt-4o","runId":"r","seq":1}}"#.to_vec()),
+        Just(br#"{"final":true,"conversation":{"conversationId":"c1","model":"m"},"responseMessage":{"messageId":"a","metadata":{"usage":{"input":5,"output":-1}}}}"#.to_vec()),
+        Just(br#"{"created":true,"message":{"conversationId":"c2"}}"#.to_vec()),
+        Just(br#"{"event":"on_message_delta","data":{}}"#.to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..24),
+    ];
+    proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+}
+
+/// One `on_token_usage` event's tokens, and the line ending it is written with.
+fn usage_event() -> impl Strategy<Value = (u64, u64, &'static str)> {
+    (
+        0u64..1_000_000,
+        0u64..1_000_000,
+        prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn an_sse_stream_cut_anywhere_reads_as_the_stream_whole(
+        stream in sse_bytes(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        small_cap in proptest::option::of(16usize..600),
+    ) {
+        let cap = small_cap.unwrap_or(DEFAULT_EVENT_CAP);
+        let whole = read_stream(cap, &[&stream]);
+        let pieces = cut(&stream, &cuts);
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        prop_assert_eq!(read_stream(cap, &pieces), whole);
+    }
+
+    #[test]
+    fn the_taps_first_line_filter_changes_no_count(
+        stream in sse_bytes(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        small_cap in proptest::option::of(16usize..600),
+    ) {
+        let cap = small_cap.unwrap_or(DEFAULT_EVENT_CAP);
+        let all = read_stream(cap, &[&stream]);
+        let pieces = cut(&stream, &cuts);
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let filtered = read_stream_keeping(cap, may_matter, &pieces);
+        prop_assert_eq!(&filtered.counts, &all.counts);
+        prop_assert_eq!(filtered.rejected, all.rejected);
+        prop_assert_eq!(&filtered.conversation, &all.conversation);
+        prop_assert_eq!(&filtered.model, &all.model);
+        prop_assert_eq!(filtered.skipped, all.skipped);
+        // What the filter held back is exactly what the meter ignores.
+        let handed: Vec<_> = all.events.iter().filter(|e| e.2.is_some()).collect();
+        let kept: Vec<_> = filtered.events.iter().filter(|e| e.2.is_some()).collect();
+        prop_assert_eq!(kept, handed);
+    }
+
+    #[test]
+    fn any_bytes_fed_to_the_usage_parser_byte_by_byte_never_panic(
+        stream in proptest::collection::vec(any::<u8>(), 0..400),
+        cap in 1usize..64,
+    ) {
+        let whole = read_stream(cap, &[&stream]);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        prop_assert_eq!(read_stream(cap, &bytes), whole);
+    }
+
+    #[test]
+    fn a_librechat_stream_cut_anywhere_counts_exactly_its_usage_events(
+        usage in proptest::collection::vec(usage_event(), 1..6),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let mut stream = String::from("event: message\ndata: {\"created\":true,\"message\":{\"conversationId\":\"conv-7\"}}\n\n");
+        for (seq, (input, output, eol)) in usage.iter().enumerate() {
+            stream += &format!(
+                "event: message{eol}data: {{\"event\":\"on_token_usage\",\"data\":{{\"input_tokens\":{input},\"output_tokens\":{output},\"model\":\"gpt-4o\",\"runId\":\"run-1\",\"seq\":{seq}}}}}{eol}{eol}: ping{eol}{eol}"
+            );
+        }
+        // The final event's own usage sums the same calls: not counted again.
+        stream += "data: {\"final\":true,\"conversation\":{\"conversationId\":\"conv-7\"},\"responseMessage\":{\"messageId\":\"a1\",\"metadata\":{\"usage\":{\"input\":1,\"output\":1}}}}\n\n";
+        let pieces = cut(stream.as_bytes(), &cuts);
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let reading = read_stream_keeping(DEFAULT_EVENT_CAP, may_matter, &pieces);
+        let sum = |f: fn(&Count) -> u64| reading.counts.iter().map(f).sum::<u64>();
+        prop_assert_eq!(reading.counts.len(), usage.len());
+        prop_assert_eq!(sum(|c| c.tokens.input), usage.iter().map(|u| u.0).sum::<u64>());
+        prop_assert_eq!(sum(|c| c.tokens.output), usage.iter().map(|u| u.1).sum::<u64>());
+        prop_assert_eq!(reading.conversation.as_deref(), Some("conv-7"));
+        prop_assert_eq!(reading.rejected, 0);
     }
 }

@@ -1,15 +1,23 @@
-//! No self-inflicted outages (SPEC sections 5 and 9): a burst beyond what an
-//! instance accepts waits for a connection instead of failing, failed
+//! No self-inflicted outages (SPEC sections 5, 6 and 9): a burst beyond what
+//! an instance accepts waits for a connection instead of failing, failed
 //! requests never take the last instance out of rotation, and a PostgREST
 //! that stops answering does not sign out users whose profile was read.
+//! Under concurrent load, over HTTP/1.1 and HTTP/2: Supabase's refresh
+//! failing fails only the users whose access token expired, a JWKS that
+//! cannot be fetched leaves verified users working, and so does a PostgREST
+//! that refuses connections, a reload (SIGHUP) included.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use support::chatgate::{eventually, Gate, GateConfig, SignedIn};
+use support::chatgate::{
+    acme, eventually, session_cookie, Gate, GateConfig, SignedIn, COOKIE_NAME,
+};
 use support::client::{Alpn, TestClient};
 use support::librechat::StandInLibreChat;
 use support::supabase::{SigningKind, StandInSupabase};
@@ -165,4 +173,168 @@ async fn a_known_user_keeps_working_while_postgrest_is_silent_and_a_new_one_gets
         get(&newcomer).await.0 == StatusCode::OK
     })
     .await;
+}
+
+/// One answer of [`load`]: whose request it was (the index of its cookie),
+/// the status, the headers and the body.
+type Answer = (usize, StatusCode, HeaderMap, Bytes);
+
+/// `rounds` requests for every cookie on an HTTP/1.1 and on an HTTP/2
+/// connection of its own, all at once; every answer comes back.
+async fn load(addr: SocketAddr, cookies: &[String], rounds: usize) -> Vec<Answer> {
+    let mut clients = tokio::task::JoinSet::new();
+    for (who, cookie) in cookies.iter().enumerate() {
+        for alpn in [Alpn::H1, Alpn::H2] {
+            let cookie = cookie.clone();
+            clients.spawn(async move {
+                let mut client = TestClient::connect(addr, alpn).await.unwrap();
+                let mut answers = Vec::new();
+                for _ in 0..rounds {
+                    let (status, headers, body) = client
+                        .get("/api/convos", &[("cookie", cookie.as_str())])
+                        .await;
+                    answers.push((who, status, headers, body));
+                }
+                answers
+            });
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        answers.extend(done.unwrap());
+    }
+    assert_eq!(answers.len(), cookies.len() * 2 * rounds);
+    answers
+}
+
+/// Every answer is a 200 from LibreChat.
+fn all_served(answers: &[Answer], when: &str) {
+    for (who, status, _, body) in answers {
+        assert_eq!(
+            *status,
+            StatusCode::OK,
+            "{when}: user {who}: {}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+fn cookies(users: &[SignedIn]) -> Vec<String> {
+    users.iter().map(|u| u.cookie.clone()).collect()
+}
+
+fn sign_in_many(supabase: &StandInSupabase, n: usize) -> Vec<SignedIn> {
+    (0..n)
+        .map(|n| SignedIn::new(supabase, &format!("user{n}@acme.example")))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failing_refresh_endpoint_fails_only_the_expired_session_and_keeps_its_cookie() {
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let gate = Gate::start(GateConfig::new(&[upstream.url()]).with_supabase(&supabase)).await;
+    let users = sign_in_many(&supabase, 8);
+    let late = supabase.sign_in_expired("late@acme.example", Duration::from_secs(120));
+    supabase.set_profile(late.user_id(), "member", Some(acme()));
+    let mut everyone = cookies(&users);
+    everyone.push(session_cookie(COOKIE_NAME, &late.to_json()));
+    all_served(&load(gate.addr(), &cookies(&users), 1).await, "warm-up");
+
+    // GoTrue answers 5xx to every refresh, each after a moment, while
+    // everyone sends requests at once.
+    supabase.fail_next_refreshes(usize::MAX, 503);
+    supabase.set_refresh_delay(Duration::from_millis(20));
+    let answers = load(gate.addr(), &everyone, 20).await;
+    let (valid, expired): (Vec<Answer>, Vec<Answer>) =
+        answers.into_iter().partition(|a| a.0 < users.len());
+    all_served(&valid, "valid sessions while refresh fails");
+    // SPEC 6: a 5xx from the refresh endpoint is a 503, and the cookie is kept.
+    for (_, status, headers, body) in &expired {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+        let answer: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(answer["error"], "upstream_unavailable");
+        assert!(
+            headers.get("set-cookie").is_none(),
+            "the session cookie is neither cleared nor rewritten: {headers:?}"
+        );
+    }
+    assert!(supabase.refresh_calls() > 0, "the refresh was tried");
+
+    // GoTrue is back: the same cookie refreshes and is served.
+    supabase.fail_next_refreshes(0, 503);
+    let answers = load(gate.addr(), &everyone, 2).await;
+    all_served(&answers, "after GoTrue is back");
+    assert!(answers
+        .iter()
+        .any(|(who, _, headers, _)| *who == users.len() && headers.contains_key("set-cookie")));
+}
+
+#[tokio::test]
+async fn verified_users_keep_working_while_the_jwks_cannot_be_fetched_a_reload_included() {
+    let supabase = StandInSupabase::start(SigningKind::Es256).await;
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = GateConfig::new(&[upstream.url()]).with_supabase(&supabase);
+    let gate = Gate::start_in(config.clone(), dir.path()).await;
+    let users = sign_in_many(&supabase, 8);
+    // Six users are verified first; two are new when the JWKS goes away.
+    all_served(
+        &load(gate.addr(), &cookies(&users[..6]), 1).await,
+        "warm-up",
+    );
+    assert_eq!(supabase.jwks_calls(), 1, "one JWKS fetch for everyone");
+
+    supabase.set_gotrue_down(true);
+    // Verified tokens, and new ones signed by a key chatgate already has.
+    all_served(
+        &load(gate.addr(), &cookies(&users), 20).await,
+        "JWKS unreachable",
+    );
+    // A reload (SIGHUP) keeps the keys: the JWKS cannot be read again.
+    gate.running
+        .reload_with(config.load(dir.path()))
+        .await
+        .unwrap();
+    all_served(
+        &load(gate.addr(), &cookies(&users), 20).await,
+        "JWKS unreachable, after a reload",
+    );
+}
+
+#[tokio::test]
+async fn known_users_keep_working_while_postgrest_refuses_connections_a_reload_included() {
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = GateConfig::new(&[upstream.url()]).with_supabase(&supabase);
+    config.tenant_cache_ttl = "1s".to_owned();
+    let gate = Gate::start_in(config.clone(), dir.path()).await;
+    let users = sign_in_many(&supabase, 9);
+    let (known, newcomer) = users.split_at(8);
+    all_served(&load(gate.addr(), &cookies(known), 1).await, "warm-up");
+
+    // Supabase is gone: connections to it are refused at once (no 5 s wait
+    // as with silence), so every request past the TTL retries the lookup.
+    supabase.stop().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        all_served(
+            &load(gate.addr(), &cookies(known), 5).await,
+            "PostgREST refusing connections",
+        );
+    }
+    gate.running
+        .reload_with(config.load(dir.path()))
+        .await
+        .unwrap();
+    all_served(
+        &load(gate.addr(), &cookies(known), 5).await,
+        "PostgREST refusing connections, after a reload",
+    );
+    // Nobody ever read the newcomer's profile: 503.
+    let answers = load(gate.addr(), &cookies(newcomer), 1).await;
+    for (_, status, _, body) in answers {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    }
 }

@@ -5,9 +5,10 @@
 //! It never holds more than one line plus one event's data, and both are
 //! capped: an event larger than [`SseParser::new`]'s cap is skipped, not
 //! buffered (LibreChat's events are small; only the final event carries the
-//! whole answer). Lines end with `\n`, `\r\n` or `\r` (the SSE grammar);
-//! comments (`:`), `id:` and `retry:` fields are read and ignored. The parser
-//! never fails: bytes it cannot make sense of are skipped.
+//! whole answer), and so is an event with any line larger than the cap.
+//! Lines end with `\n`, `\r\n` or `\r` (the SSE grammar); comments (`:`),
+//! `id:` and `retry:` fields are read and ignored. The parser never fails:
+//! bytes it cannot make sense of are skipped.
 
 /// Default cap on one event's `data` (and on one line): 4 MiB.
 pub const DEFAULT_EVENT_CAP: usize = 4 * 1024 * 1024;
@@ -143,7 +144,13 @@ impl SseParser {
                 _ => 1,
             };
             if self.line.is_empty() && !self.line_overflow {
-                self.line_done(head, on_event);
+                if head.len() > self.cap {
+                    // As if it had come in pieces: a line over the cap
+                    // spoils its event, whatever field it holds.
+                    self.event_overflow = true;
+                } else {
+                    self.line_done(head, on_event);
+                }
             } else {
                 self.keep_partial(head);
                 let line = std::mem::take(&mut self.line);
@@ -317,6 +324,20 @@ mod tests {
         assert_eq!(seen, vec![("message".to_owned(), "ok".to_owned())]);
         assert_eq!(parser.skipped(), 2);
         assert!(parser.buffered() <= 16);
+    }
+
+    #[test]
+    fn a_line_over_the_cap_skips_its_event_whether_it_comes_whole_or_cut() {
+        // Found by the property test: whole, the long `event:` line was read
+        // and the event dispatched; cut, it overflowed and the event was skipped.
+        let stream = b"event: a-very-long-event-name\ndata: x\n\n: a comment longer than the cap\n\ndata: ok\n\n";
+        let want = vec![("message".to_owned(), "ok".to_owned())];
+        for split in 0..=stream.len() {
+            let (a, b) = stream.split_at(split);
+            let mut parser = SseParser::new(16);
+            assert_eq!(events(&mut parser, &[a, b]), want, "split at {split}");
+            assert_eq!(parser.skipped(), 2, "split at {split}");
+        }
     }
 
     #[test]

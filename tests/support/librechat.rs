@@ -185,6 +185,11 @@ impl StandInLibreChat {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// Empties the request log (a long run would otherwise keep every request).
+    pub fn forget_requests(&self) {
+        self.state.requests.lock().unwrap().clear();
+    }
+
     /// Lets `/sse` streams (all of them, together) write `n` more events.
     pub fn release_sse(&self, n: usize) {
         self.state.sse_permits.add_permits(n);

@@ -205,6 +205,7 @@ impl StandInSupabase {
                 failures: (0, 500),
                 refresh_delay: Duration::ZERO,
                 postgrest_silent: false,
+                gotrue_down: false,
                 reuse_interval: DEFAULT_REUSE_INTERVAL,
                 access_ttl: DEFAULT_ACCESS_TTL,
             }),
@@ -348,6 +349,14 @@ impl StandInSupabase {
         self.world().postgrest_silent = silent;
     }
 
+    /// GoTrue is down behind a live gateway: from now on the JWKS (and every
+    /// other `/auth/v1` route) gets Kong's answer for an upstream that does
+    /// not respond, 502 `{"message":"An invalid response was received from
+    /// the upstream server"}`; `false` answers again.
+    pub fn set_gotrue_down(&self, down: bool) {
+        self.world().gotrue_down = down;
+    }
+
     /// Holds each refresh answer for `d` (so concurrent requests overlap).
     pub fn set_refresh_delay(&self, d: Duration) {
         self.world().refresh_delay = d;
@@ -423,6 +432,8 @@ struct World {
     refresh_delay: Duration,
     /// PostgREST accepts profile lookups and never answers them.
     postgrest_silent: bool,
+    /// Kong answers 502 for every GoTrue route (`/auth/v1/…`).
+    gotrue_down: bool,
     reuse_interval: Duration,
     access_ttl: Duration,
 }
@@ -834,6 +845,13 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Reply
     }
     if let Some(refusal) = kong_key_auth(&state, &parts.headers) {
         return Ok(refusal);
+    }
+    if parts.uri.path().starts_with("/auth/v1/") && state.world.lock().unwrap().gotrue_down {
+        return Ok(json_reply(
+            StatusCode::BAD_GATEWAY,
+            &json!({"message": "An invalid response was received from the upstream server"}),
+            "application/json; charset=utf-8",
+        ));
     }
     let reply = match route {
         Route::Refresh => refresh(&state, &parts.headers, &body).await,
