@@ -9,6 +9,7 @@
 //! - `drain`: the graceful shutdown;
 //! - `running`: the handle `start` returns (reload, shutdown, signals);
 //! - `certificates`: reloading changed certificate files;
+//! - `proxy_protocol`: the PROXY protocol header of `server.proxy_protocol`;
 //! - `limits`: what one client may cost.
 
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ mod drain;
 mod limits;
 mod listeners;
 mod park;
+pub mod proxy_protocol;
 mod running;
 mod workers;
 

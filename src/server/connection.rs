@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use super::limits::HANDSHAKE_TIMEOUT;
+use super::proxy_protocol;
 use super::Listeners;
 use crate::context::ConnInfo;
 use crate::proxy;
@@ -53,16 +54,27 @@ impl Listeners {
     /// then HTTP until it closes.
     pub(super) fn spawn_connection(
         &self,
-        stream: tokio::net::TcpStream,
+        mut stream: tokio::net::TcpStream,
         peer: SocketAddr,
         acceptor: Option<TlsAcceptor>,
     ) {
         let this = self.clone();
-        let metrics = self.apps.load().metrics.clone();
+        let (metrics, proxy_protocol) = {
+            let app = self.apps.load();
+            (app.metrics.clone(), app.config.server.proxy_protocol)
+        };
         let worker = self.index;
         metrics.connection_opened(worker);
         self.connections.spawn(async move {
             let _closed = defer(move || metrics.connection_closed(worker));
+            let peer = if proxy_protocol {
+                // Boxed for the same reason as the handshake below.
+                let read = Box::pin(this.client_address(&mut stream, peer)).await;
+                let Some(client) = read else { return };
+                client
+            } else {
+                peer
+            };
             let conn = Arc::new(ConnInfo {
                 peer,
                 tls: acceptor.is_some(),
@@ -86,6 +98,31 @@ impl Listeners {
                 }
             }
         });
+    }
+
+    /// `server.proxy_protocol`: the client's address from the PROXY
+    /// header the connection starts with, read within the header read
+    /// timeout; `None` (close) without a valid one.
+    async fn client_address(
+        &self,
+        stream: &mut tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let read = tokio::time::timeout(
+            self.header_read_timeout,
+            proxy_protocol::read_header(stream),
+        );
+        match read.await {
+            Ok(Ok(header)) => Some(header.source.unwrap_or(peer)),
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "PROXY protocol header refused");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "PROXY protocol header timed out");
+                None
+            }
+        }
     }
 
     async fn serve<I>(&self, io: I, conn: Arc<ConnInfo>)
