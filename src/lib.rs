@@ -26,7 +26,8 @@
 //!                  ──▶ policy list filter ──▶ log ──▶ client (streamed)
 //! ```
 //!
-//! Module map: `config` (proxy.toml), `server` (listeners, drain, reload),
+//! Module map: `config` (proxy.toml), `server` (listeners, workers, parking,
+//! PROXY protocol, drain, reload),
 //! `tls`, `proxy` and its phases, `supabase` (cookie, token verification,
 //! refresh, organization), `librechat` (chatgate token, hand-off, OpenID
 //! provider, own routes, user switch), `upstream` (pool, health, sticky pins,
