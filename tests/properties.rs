@@ -537,8 +537,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// Whatever a client sends first is a header, not yet one, or refused:
-    /// never a panic, never a length beyond what v2's field can say, and a
-    /// v1 header never longer than 107 bytes.
+    /// never a panic, never a length beyond what v2's field can say, a v1
+    /// header never longer than 107 bytes, and no decision that more bytes
+    /// would change.
     #[test]
     fn any_bytes_are_a_proxy_header_or_refused_without_panicking(
         bytes in proptest::collection::vec(any::<u8>(), 0..300),
@@ -552,8 +553,14 @@ proptest! {
             }
         }
         // Every header decides within DECIDING_BYTES.
+        let whole = proxy_protocol::parse(&bytes);
         if bytes.len() >= DECIDING_BYTES {
-            prop_assert!(proxy_protocol::parse(&bytes).map(|h| h.is_some()).unwrap_or(true));
+            prop_assert!(whole.map(|h| h.is_some()).unwrap_or(true));
+        }
+        // What fewer bytes (a peek) decided, the whole decides the same way.
+        for end in 0..bytes.len() {
+            let early = proxy_protocol::parse(&bytes[..end]);
+            prop_assert!(early == Ok(None) || early == whole, "{end} bytes: {early:?} vs {whole:?}");
         }
     }
 
