@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# chatgate against nginx, side by side in one run, on loopback (issue 7).
+# chatgate against nginx and haproxy, side by side in one run, on loopback
+# (issues 7 and 15).
 #
 # Starts: a fast upstream (nginx returning a fixed 1 KiB body, plain HTTP for
 # the proxies and TLS for "direct"), nginx as a TLS reverse proxy in front of
-# it (proxy_pass, keep-alive upstream, http2, no auth), chatgate (release
+# it (proxy_pass, keep-alive upstream, http2, no auth), haproxy doing the
+# same (TLS termination, h2 and http/1.1, `http-reuse always`, no auth; in
+# the HTTP/1.1 64-connection, HTTP/2 and one-connection rows), chatgate (release
 # build) in front of it with a valid Supabase session cookie on every request,
 # the stand-in Supabase (examples/bench_supabase.rs), and for SSE and the
 # refresh storm two more chatgate replicas sharing a redis-server in front of
@@ -41,14 +44,14 @@ IDLE_SETTLE=${BENCH_IDLE_SETTLE:-5}
 
 PATH="$PATH:/usr/sbin:/sbin"
 missing=()
-for tool in nginx wrk h2load redis-server cargo psql; do
+for tool in nginx haproxy wrk h2load redis-server cargo psql; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 # Debian keeps initdb and pg_ctl off PATH, in /usr/lib/postgresql/<v>/bin.
 pg_bin=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)")
 [ -x "$pg_bin/initdb" ] && [ -x "$pg_bin/pg_ctl" ] || missing+=(initdb)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "bench.sh: missing ${missing[*]} (Debian: apt-get install nginx wrk nghttp2-client redis-server postgresql)" >&2
+  echo "bench.sh: missing ${missing[*]} (Debian: apt-get install nginx haproxy wrk nghttp2-client redis-server postgresql)" >&2
   exit 1
 fi
 
@@ -100,7 +103,7 @@ wait_port() { # wait_port PORT NAME
   exit 1
 }
 
-mapfile -t ports < <("$load" ports 10)
+mapfile -t ports < <("$load" ports 11)
 up_port=${ports[0]}    # upstream, plain HTTP (what the proxies use)
 up_tls=${ports[1]}     # upstream, TLS ("direct")
 nginx_port=${ports[2]} # nginx reverse proxy
@@ -111,6 +114,7 @@ gate_b=${ports[6]}     # chatgate replica B (Redis), storm
 redis_port=${ports[7]}
 gate_m=${ports[8]}     # chatgate replica M (Redis), usage metering on
 pg_port=${ports[9]}    # PostgreSQL (usage metering)
+haproxy_port=${ports[10]} # haproxy reverse proxy
 
 "$gate_bin" gen-cert --out "$work/certs" --host localhost --host 127.0.0.1 >/dev/null
 cert="$work/certs/cert.pem"
@@ -199,6 +203,39 @@ $(nginx_temp "$work/nginx")
 EOF
 } >"$work/nginx/nginx.conf"
 
+# haproxy as nginx above: TLS (the same certificate, h2 and http/1.1), the
+# same forwarding headers and HSTS, a log line per request, and idle
+# upstream connections shared between client connections (http-reuse
+# always). Threads: one per CPU, haproxy 2.6's default; maxconn 1000 (the
+# runs open at most 64 client connections) keeps its descriptor need (about
+# 2 per connection) within the limit set above.
+mkdir -p "$work/haproxy"
+cat "$cert" "$key" >"$work/haproxy/cert.pem"
+cat >"$work/haproxy/haproxy.cfg" <<EOF
+global
+    maxconn 1000
+    log stdout format raw local0
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend tls
+    bind 127.0.0.1:$haproxy_port ssl crt $work/haproxy/cert.pem alpn h2,http/1.1
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Request-Id %[uuid]
+    http-response set-header Strict-Transport-Security "max-age=31536000"
+    default_backend fast
+backend fast
+    http-reuse always
+    server up 127.0.0.1:$up_port
+EOF
+
 # PostgreSQL refuses to run as root: as root the cluster belongs to the
 # postgres user, which may then traverse (not list) the work directory.
 pg_as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -239,12 +276,15 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authen
 EOF
 for sql in schema/*.sql; do pg_sql -f "$sql" >/dev/null; done
 
-echo "== starting upstream, nginx, stand-in Supabase, redis, chatgate ×4"
+echo "== starting upstream, nginx, haproxy, stand-in Supabase, redis, chatgate ×4"
 start upstream nginx -p "$work/upstream" -c "$work/upstream/nginx.conf" -e stderr
 wait_port "$up_port" upstream
 start nginx nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e stderr
 nginx_pid=$last_pid
 wait_port "$nginx_port" nginx
+start haproxy haproxy -db -f "$work/haproxy/haproxy.cfg"
+haproxy_pid=$last_pid
+wait_port "$haproxy_port" haproxy
 start sse "$load" sse-upstream --port "$sse_port"
 wait_port "$sse_port" sse
 start redis redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no
@@ -327,9 +367,11 @@ if [ "${BENCH_HOLD:-}" = 1 ]; then
   {
     echo "direct=https://127.0.0.1:$up_tls/"
     echo "nginx=https://127.0.0.1:$nginx_port/"
+    echo "haproxy=https://127.0.0.1:$haproxy_port/"
     echo "chatgate=https://127.0.0.1:$gate_port/"
     echo "chatgate_pid=$gate_pid"
     echo "nginx_pid=$nginx_pid"
+    echo "haproxy_pid=$haproxy_pid"
     echo "replicas=127.0.0.1:$gate_a,127.0.0.1:$gate_b"
     echo "metering_replica=127.0.0.1:$gate_m"
     echo "usage_postgres=$pg_url"
@@ -388,6 +430,7 @@ run_policy() { # run_policy KEY COOKIE PATH SCRIPT : one connection, sequential,
 declare -A url=(
   [direct]="https://127.0.0.1:$up_tls/"
   [nginx]="https://127.0.0.1:$nginx_port/"
+  [haproxy]="https://127.0.0.1:$haproxy_port/"
   [chatgate]="https://127.0.0.1:$gate_port/"
 )
 declare -A sse_url=(
@@ -402,6 +445,7 @@ cpu_ns() { # cpu_ns TARGET
   local pid task total=0
   case $1 in
     nginx) set -- $(nginx_pids) ;;
+    haproxy) set -- "$haproxy_pid" ;;
     chatgate) set -- "$gate_pid" ;;
     *) echo 0; return ;;
   esac
@@ -558,7 +602,7 @@ rotate() { # rotate N ITEMS… : the items rotated left by N
 }
 
 echo "== warm-up"
-for target in direct nginx chatgate; do
+for target in direct nginx haproxy chatgate; do
   wrk -t2 -c64 -d2s -H "Cookie: $cookie" "${url[$target]}" >/dev/null
 done
 for m in off on; do
@@ -569,9 +613,9 @@ done
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round of $ROUNDS"
-  for target in $(rotate "$round" direct nginx chatgate); do run_wrk h1 "$target" 64 2; done
-  for target in $(rotate "$round" nginx chatgate); do run_h2 "$target"; done
-  for target in $(rotate "$round" direct nginx chatgate); do run_wrk c1 "$target" 1 1; done
+  for target in $(rotate "$round" direct nginx haproxy chatgate); do run_wrk h1 "$target" 64 2; done
+  for target in $(rotate "$round" nginx haproxy chatgate); do run_h2 "$target"; done
+  for target in $(rotate "$round" direct nginx haproxy chatgate); do run_wrk c1 "$target" 1 1; done
   for target in $(rotate "$round" direct nginx chatgate); do run_sse "$target"; done
   run_storm
   for org in $(rotate "$round" open policy); do
@@ -605,13 +649,15 @@ verdict() { # verdict VALUE OP LIMIT
     print (ok ? "met" : "**missed**") }'
 }
 
-h1_n=$(median h1_rps_nginx) h1_c=$(median h1_rps_chatgate) h1_d=$(median h1_rps_direct)
-p99_n=$(median h1_p99_nginx) p99_c=$(median h1_p99_chatgate) p99_d=$(median h1_p99_direct)
-h2_n=$(median h2_rps_nginx) h2_c=$(median h2_rps_chatgate)
-c1_d=$(median c1_p50_direct) c1_n=$(median c1_p50_nginx) c1_c=$(median c1_p50_chatgate)
-c1p_d=$(median c1_p99_direct) c1p_n=$(median c1_p99_nginx) c1p_c=$(median c1_p99_chatgate)
-add_n=$(minus "$c1_n" "$c1_d") add_c=$(minus "$c1_c" "$c1_d")
-addp_n=$(minus "$c1p_n" "$c1p_d") addp_c=$(minus "$c1p_c" "$c1p_d")
+h1_n=$(median h1_rps_nginx) h1_c=$(median h1_rps_chatgate) h1_d=$(median h1_rps_direct) h1_h=$(median h1_rps_haproxy)
+p99_n=$(median h1_p99_nginx) p99_c=$(median h1_p99_chatgate) p99_d=$(median h1_p99_direct) p99_h=$(median h1_p99_haproxy)
+h2_n=$(median h2_rps_nginx) h2_c=$(median h2_rps_chatgate) h2_h=$(median h2_rps_haproxy)
+c1_d=$(median c1_p50_direct) c1_n=$(median c1_p50_nginx) c1_c=$(median c1_p50_chatgate) c1_h=$(median c1_p50_haproxy)
+c1p_d=$(median c1_p99_direct) c1p_n=$(median c1_p99_nginx) c1p_c=$(median c1_p99_chatgate) c1p_h=$(median c1_p99_haproxy)
+add_n=$(minus "$c1_n" "$c1_d") add_c=$(minus "$c1_c" "$c1_d") add_h=$(minus "$c1_h" "$c1_d")
+addp_n=$(minus "$c1p_n" "$c1p_d") addp_c=$(minus "$c1p_c" "$c1p_d") addp_h=$(minus "$c1p_h" "$c1p_d")
+cpu1_n=$(median h1_cpu_nginx) cpu1_h=$(median h1_cpu_haproxy) cpu1_c=$(median h1_cpu_chatgate)
+cpu2_n=$(median h2_cpu_nginx) cpu2_h=$(median h2_cpu_haproxy) cpu2_c=$(median h2_cpu_chatgate)
 sse_d=$(median sse_p50_direct) sse_n=$(median sse_p50_nginx) sse_c=$(median sse_p50_chatgate)
 sse_add_n=$(minus "$sse_n" "$sse_d") sse_add_c=$(minus "$sse_c" "$sse_d")
 rss_n=$(median idle_rss_nginx) rss_c=$(median idle_rss_chatgate)
@@ -632,32 +678,33 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p bench-results
 report="bench-results/$stamp.md"
 {
-  echo "# chatgate vs nginx — $stamp"
+  echo "# chatgate vs nginx and haproxy — $stamp"
   echo
   echo "\`scripts/bench.sh\` at $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty');" \
     "$(nproc) CPUs ($(uname -r)), $ROUNDS rounds of ${DURATION}s, medians of rounds;" \
-    "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), 1 KiB upstream body, cookie ${#cookie} bytes on every request."
+    "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), haproxy $(haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p'), 1 KiB upstream body, cookie ${#cookie} bytes on every request."
   echo
-  echo "| measure | direct | nginx | chatgate | chatgate/nginx | target | |"
-  echo "| --- | ---: | ---: | ---: | ---: | --- | --- |"
+  # haproxy is measured in the throughput and one-connection rows only.
+  echo "| measure | direct | nginx | haproxy | chatgate | chatgate/nginx | chatgate/haproxy | target (vs nginx) | |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
   r=$(ratio "$h1_c" "$h1_n")
-  echo "| HTTP/1.1 TLS, 64 conns: req/s | $h1_d | $h1_n | $h1_c | $r | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
+  echo "| HTTP/1.1 TLS, 64 conns: req/s | $h1_d | $h1_n | $h1_h | $h1_c | $r | $(ratio "$h1_c" "$h1_h") | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
   r=$(ratio "$p99_c" "$p99_n")
-  echo "| HTTP/1.1 TLS, 64 conns: p99 ms | $(ms "$p99_d") | $(ms "$p99_n") | $(ms "$p99_c") | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
-  echo "| HTTP/1.1: proxy CPU µs per request | | $(median h1_cpu_nginx) | $(median h1_cpu_chatgate) | $(ratio "$(median h1_cpu_chatgate)" "$(median h1_cpu_nginx)") | | |"
+  echo "| HTTP/1.1 TLS, 64 conns: p99 ms | $(ms "$p99_d") | $(ms "$p99_n") | $(ms "$p99_h") | $(ms "$p99_c") | $r | $(ratio "$p99_c" "$p99_h") | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo "| HTTP/1.1: proxy CPU µs per request | | $cpu1_n | $cpu1_h | $cpu1_c | $(ratio "$cpu1_c" "$cpu1_n") | $(ratio "$cpu1_c" "$cpu1_h") | | |"
   r=$(ratio "$h2_c" "$h2_n")
-  echo "| HTTP/2 TLS, 16 conns × 32 streams: req/s | | $h2_n | $h2_c | $r | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
-  echo "| HTTP/2: proxy CPU µs per request | | $(median h2_cpu_nginx) | $(median h2_cpu_chatgate) | $(ratio "$(median h2_cpu_chatgate)" "$(median h2_cpu_nginx)") | | |"
-  echo "| 1 conn sequential: median µs | $c1_d | $c1_n | $c1_c | | | |"
+  echo "| HTTP/2 TLS, 16 conns × 32 streams: req/s | | $h2_n | $h2_h | $h2_c | $r | $(ratio "$h2_c" "$h2_h") | ≥ 1.00 | $(verdict "$r" '>=' 1) |"
+  echo "| HTTP/2: proxy CPU µs per request | | $cpu2_n | $cpu2_h | $cpu2_c | $(ratio "$cpu2_c" "$cpu2_n") | $(ratio "$cpu2_c" "$cpu2_h") | | |"
+  echo "| 1 conn sequential: median µs | $c1_d | $c1_n | $c1_h | $c1_c | | | | |"
   r=$(ratio "$add_c" "$add_n")
-  echo "| 1 conn: median added over direct, µs | | $add_n | $add_c | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
-  echo "| 1 conn: p99 added over direct, µs | | $addp_n | $addp_c | $(ratio "$addp_c" "$addp_n") | | |"
-  echo "| SSE upstream write → client read, median µs | $sse_d | $sse_n | $sse_c | | | |"
-  echo "| SSE added over direct, median µs | | $sse_add_n | $sse_add_c | | ≤ 1000 µs | $(verdict "$sse_add_c" '<=' 1000) |"
-  echo "| Refresh storm, $STORM reqs over 2 replicas: Supabase refresh calls per storm | | | $storm_calls | | = 1 | $( [ "$storm_min_calls" = 1 ] && [ "$storm_max_calls" = 1 ] && echo met || echo '**missed**') |"
-  echo "| Refresh storm: failed requests per storm | | | $storm_failed | | = 0 | $(verdict "$storm_max_failed" '<=' 0) |"
+  echo "| 1 conn: median added over direct, µs | | $add_n | $add_h | $add_c | $r | $(ratio "$add_c" "$add_h") | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo "| 1 conn: p99 added over direct, µs | | $addp_n | $addp_h | $addp_c | $(ratio "$addp_c" "$addp_n") | $(ratio "$addp_c" "$addp_h") | | |"
+  echo "| SSE upstream write → client read, median µs | $sse_d | $sse_n | | $sse_c | | | | |"
+  echo "| SSE added over direct, median µs | | $sse_add_n | | $sse_add_c | | | ≤ 1000 µs | $(verdict "$sse_add_c" '<=' 1000) |"
+  echo "| Refresh storm, $STORM reqs over 2 replicas: Supabase refresh calls per storm | | | | $storm_calls | | | = 1 | $( [ "$storm_min_calls" = 1 ] && [ "$storm_max_calls" = 1 ] && echo met || echo '**missed**') |"
+  echo "| Refresh storm: failed requests per storm | | | | $storm_failed | | | = 0 | $(verdict "$storm_max_failed" '<=' 0) |"
   r=$(ratio "$rss_c" "$rss_n")
-  echo "| $IDLE_CONNS idle TLS keep-alive conns (HTTP/1.1, ${IDLE_SETTLE}s idle): RSS MiB (idle before: nginx $(median idle_base_nginx), chatgate $(median idle_base_chatgate)) | | $rss_n | $rss_c | $r | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  echo "| $IDLE_CONNS idle TLS keep-alive conns (HTTP/1.1, ${IDLE_SETTLE}s idle): RSS MiB (idle before: nginx $(median idle_base_nginx), chatgate $(median idle_base_chatgate)) | | $rss_n | | $rss_c | $r | | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
   echo
   echo "Organization policy (SPEC 10), through chatgate only, one connection, sequential:"
   echo
@@ -682,9 +729,9 @@ report="bench-results/$stamp.md"
   echo
   echo "Connections still open at the end of the idle hold: nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate)."
   echo "Errors and non-2xx answers, all rounds (must be 0):" \
-    "h1 direct/nginx/chatgate$(echo ${results[h1_bad_direct]}) /$(echo ${results[h1_bad_nginx]}) /$(echo ${results[h1_bad_chatgate]});" \
-    "1-conn$(echo ${results[c1_bad_direct]}) /$(echo ${results[c1_bad_nginx]}) /$(echo ${results[c1_bad_chatgate]});" \
-    "h2 nginx/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_chatgate]});" \
+    "h1 direct/nginx/haproxy/chatgate$(echo ${results[h1_bad_direct]}) /$(echo ${results[h1_bad_nginx]}) /$(echo ${results[h1_bad_haproxy]}) /$(echo ${results[h1_bad_chatgate]});" \
+    "1-conn$(echo ${results[c1_bad_direct]}) /$(echo ${results[c1_bad_nginx]}) /$(echo ${results[c1_bad_haproxy]}) /$(echo ${results[c1_bad_chatgate]});" \
+    "h2 nginx/haproxy/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_haproxy]}) /$(echo ${results[h2_bad_chatgate]});" \
     "policy chat open/restrictive$(echo ${results[chat_open_bad]}) /$(echo ${results[chat_policy_bad]})."
   echo
   echo "Per round (in run order):"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every chatgate test. Tests start their own redis-server (and, where
-# usage metering is tested, a throw-away PostgreSQL cluster) and drive
+# usage metering is tested, a throw-away PostgreSQL cluster; where the PROXY
+# protocol is tested, an haproxy) and drive
 # Debian's headless Chromium, so this script first makes sure those programs
 # are installed, then runs `cargo test`.
 set -euo pipefail
@@ -10,6 +11,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v node >/dev/null || missing+=(nodejs npm)
+# tests/proxy_protocol.rs puts a real haproxy (its own, on free ports) in front of chatgate.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 # tests/browser_frame.rs launches exactly this binary.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # The binary's allocator (tikv-jemalloc-sys) builds jemalloc with make and a C compiler.

@@ -75,6 +75,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request head accepted.
     pub max_header_bytes: usize,
+    /// Connections start with a PROXY protocol v1/v2 header naming the
+    /// client; without a valid one they are closed. `trusted_proxies`
+    /// then applies to the address the header names.
+    pub proxy_protocol: bool,
 }
 
 /// `[tls]`: certificate and key of the TLS listener.
@@ -744,6 +748,7 @@ impl Check<'_> {
             trusted_proxies,
             shutdown_grace: self.duration("server.shutdown_grace", &raw.shutdown_grace)?,
             max_header_bytes,
+            proxy_protocol: raw.proxy_protocol,
         })
     }
 
@@ -1266,6 +1271,7 @@ mod tests {
         trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
         shutdown_grace = "45s"
         max_header_bytes = 65536
+        proxy_protocol = true
 
         [tls]
         cert = "/srv/tls/cert.pem"
@@ -1339,6 +1345,7 @@ mod tests {
                 ],
                 shutdown_grace: secs(45),
                 max_header_bytes: 65536,
+                proxy_protocol: true,
             },
             tls: TlsConfig {
                 cert: PathBuf::from("/srv/tls/cert.pem"),

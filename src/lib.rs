@@ -26,7 +26,8 @@
 //!                  ──▶ policy list filter ──▶ log ──▶ client (streamed)
 //! ```
 //!
-//! Module map: `config` (proxy.toml), `server` (listeners, drain, reload),
+//! Module map: `config` (proxy.toml), `server` (listeners, workers, parking,
+//! PROXY protocol, drain, reload),
 //! `tls`, `proxy` and its phases (`proxy::policy` applies the organization's
 //! policy), `routes` (chatgate's own routes: seed API, OpenID provider),
 //! `identify` (who is asking: the phase, the hand-off and chatgate's

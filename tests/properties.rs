@@ -1,8 +1,9 @@
 //! Property tests (issue 13, item 5) for what reads client bytes: the
 //! session cookie decoder, the access-token path, the config parser, the
-//! `Set-Cookie` and request-head rewriters, the policy's chat-body check
-//! and the SSE usage parser. None panics on any input; round trips hold
-//! where there is one; a stream cut anywhere reads as the stream whole.
+//! `Set-Cookie` and request-head rewriters, the policy's chat-body check,
+//! the SSE usage parser and the PROXY protocol header parser. None panics
+//! on any input; round trips hold where there is one; a stream cut anywhere
+//! reads as the stream whole.
 //! The same properties run much longer under `scripts/fuzz.sh`.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,6 +15,7 @@ use chatgate::config::Config;
 use chatgate::policy::chat_body::ChatBody;
 use chatgate::proxy::rewrite_request::{scrub_client_headers, without_token_param, ClientSide};
 use chatgate::proxy::rewrite_response::cross_site_cookie;
+use chatgate::server::proxy_protocol::{self, DECIDING_BYTES, V1_MAX};
 use chatgate::supabase::cookie::{encode_set_cookies, find_session_cookie, SupabaseSession};
 use chatgate::supabase::verify::{Verifier, VerifierSettings};
 use chatgate::usage::count::{may_matter, read_event, Count, Seen, StreamState};
@@ -663,5 +665,97 @@ proptest! {
         prop_assert_eq!(sum(|c| c.tokens.output), usage.iter().map(|u| u.1).sum::<u64>());
         prop_assert_eq!(reading.conversation.as_deref(), Some("conv-7"));
         prop_assert_eq!(reading.rejected, 0);
+    }
+}
+
+// ------------------------------------------------------- PROXY protocol
+
+/// A header as a load balancer writes it, v1 or v2, for `client`.
+fn proxy_header(client: std::net::SocketAddr, v2: bool, tlvs: usize) -> Vec<u8> {
+    if !v2 {
+        let (family, destination) = match client {
+            std::net::SocketAddr::V4(_) => ("TCP4", "10.0.0.1"),
+            std::net::SocketAddr::V6(_) => ("TCP6", "::1"),
+        };
+        let line = format!(
+            "PROXY {family} {} {destination} {} 8443\r\n",
+            client.ip(),
+            client.port()
+        );
+        return line.into_bytes();
+    }
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21".to_vec();
+    let mut block = Vec::new();
+    match client.ip() {
+        IpAddr::V4(ip) => {
+            header.push(0x11);
+            block.extend_from_slice(&ip.octets());
+            block.extend_from_slice(&[10, 0, 0, 1]);
+        }
+        IpAddr::V6(ip) => {
+            header.push(0x21);
+            block.extend_from_slice(&ip.octets());
+            block.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        }
+    }
+    block.extend_from_slice(&client.port().to_be_bytes());
+    block.extend_from_slice(&8443u16.to_be_bytes());
+    block.resize(block.len() + tlvs, 0);
+    header.extend_from_slice(&u16::try_from(block.len()).unwrap().to_be_bytes());
+    header.extend_from_slice(&block);
+    header
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Whatever a client sends first is a header, not yet one, or refused:
+    /// never a panic, never a length beyond what v2's field can say, a v1
+    /// header never longer than 107 bytes, and no decision that more bytes
+    /// would change.
+    #[test]
+    fn any_bytes_are_a_proxy_header_or_refused_without_panicking(
+        bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        start in prop_oneof![Just(&b""[..]), Just(&b"PROXY "[..]), Just(&b"PROXY TCP4 "[..]), Just(&b"\r\n\r\n\0\r\nQUIT\n"[..])],
+    ) {
+        let bytes = [start, &bytes[..]].concat();
+        if let Ok(Some(header)) = proxy_protocol::parse(&bytes) {
+            prop_assert!(header.len <= 16 + usize::from(u16::MAX));
+            if bytes[0] == b'P' {
+                prop_assert!(header.len <= V1_MAX && bytes[..header.len].ends_with(b"\r\n"));
+            }
+        }
+        // Every header decides within DECIDING_BYTES.
+        let whole = proxy_protocol::parse(&bytes);
+        if bytes.len() >= DECIDING_BYTES {
+            prop_assert!(whole.map(|h| h.is_some()).unwrap_or(true));
+        }
+        // What fewer bytes (a peek) decided, the whole decides the same way.
+        for end in 0..bytes.len() {
+            let early = proxy_protocol::parse(&bytes[..end]);
+            prop_assert!(early == Ok(None) || early == whole, "{end} bytes: {early:?} vs {whole:?}");
+        }
+    }
+
+    /// A balancer's header for any client reads back as that client, at
+    /// its full length, whatever follows it; each shorter prefix waits.
+    #[test]
+    fn any_client_address_reads_back_from_its_header(
+        ip in any::<IpAddr>(),
+        port in any::<u16>(),
+        v2 in any::<bool>(),
+        tlvs in 0usize..64,
+        after in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let client = std::net::SocketAddr::new(ip, port);
+        let header = proxy_header(client, v2, tlvs);
+        let bytes = [&header[..], &after[..]].concat();
+        let parsed = proxy_protocol::parse(&bytes).unwrap().unwrap();
+        prop_assert_eq!(parsed.len, header.len());
+        prop_assert_eq!(parsed.source, Some(client));
+        let decided_at = if v2 { header.len() - tlvs } else { header.len() };
+        for end in 0..decided_at {
+            prop_assert_eq!(proxy_protocol::parse(&header[..end]), Ok(None));
+        }
     }
 }

@@ -55,6 +55,10 @@ pub struct Server {
     // Signed so that a negative number reaches validation and gets a message
     // naming the key instead of a serde type error.
     pub max_header_bytes: i64,
+    /// Every connection, on both listeners, starts with a PROXY protocol
+    /// v1 or v2 header (an L4 load balancer's); the client address comes
+    /// from it.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Server {
@@ -66,6 +70,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             shutdown_grace: "30s".into(),
             max_header_bytes: 32768,
+            proxy_protocol: false,
         }
     }
 }

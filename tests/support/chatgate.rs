@@ -18,6 +18,8 @@ pub struct GateConfig {
     pub upstreams: Vec<String>,
     pub trusted_proxies: Vec<String>,
     pub max_header_bytes: usize,
+    /// `server.proxy_protocol`: connections start with a PROXY header.
+    pub proxy_protocol: bool,
     /// `Options::header_read_timeout` (slowloris): 30 s unless a test shortens it.
     pub header_read_timeout: Duration,
     pub shutdown_grace: String,
@@ -51,6 +53,7 @@ impl GateConfig {
             upstreams: upstreams.to_vec(),
             trusted_proxies: Vec::new(),
             max_header_bytes: 32768,
+            proxy_protocol: false,
             header_read_timeout: chatgate::server::HEADER_READ_TIMEOUT,
             shutdown_grace: "3s".to_owned(),
             log_level: "info".to_owned(),
@@ -99,6 +102,7 @@ public_url = "{public_url}"
 trusted_proxies = [{trusted}]
 shutdown_grace = "{grace}"
 max_header_bytes = {max_header_bytes}
+proxy_protocol = {proxy_protocol}
 
 [tls]
 cert = "certs/cert.pem"
@@ -138,6 +142,7 @@ level = "{level}"
             trusted = list(&self.trusted_proxies),
             grace = self.shutdown_grace,
             max_header_bytes = self.max_header_bytes,
+            proxy_protocol = self.proxy_protocol,
             upstreams = list(&self.upstreams),
             level = self.log_level,
             supabase_url = self.supabase_url,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,7 +21,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -105,7 +105,21 @@ impl TestClient {
     /// Connects over TLS (SNI `localhost`, any certificate accepted) offering only `alpn`;
     /// fails if the server did not negotiate it.
     pub async fn connect(addr: SocketAddr, alpn: Alpn) -> io::Result<TestClient> {
-        let tls = tls_connect(addr, alpn.protocol()).await?;
+        Self::open(None, addr, alpn).await
+    }
+
+    /// Like [`TestClient::connect`], from `source` (any 127.0.0.0/8 address works on
+    /// loopback): a proxy in front of chatgate then sees a client other than itself.
+    pub async fn connect_from(
+        source: IpAddr,
+        addr: SocketAddr,
+        alpn: Alpn,
+    ) -> io::Result<TestClient> {
+        Self::open(Some(source), addr, alpn).await
+    }
+
+    async fn open(source: Option<IpAddr>, addr: SocketAddr, alpn: Alpn) -> io::Result<TestClient> {
+        let tls = tls_connect_from(source, addr, alpn.protocol()).await?;
         let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         if negotiated.as_deref() != Some(alpn.protocol()) {
             return Err(io::Error::other(format!(
@@ -241,12 +255,17 @@ pub async fn collect(res: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) 
 
 /// Sends one request over a new plain-TCP HTTP/1.1 connection (`Host: <addr>` when absent)
 /// and returns the streaming response.
-pub async fn plain_send(
+pub async fn plain_send(addr: SocketAddr, req: Request<BoxBody>) -> io::Result<Response<Incoming>> {
+    plain_send_from(None, addr, req).await
+}
+
+/// [`plain_send`] from `source` (see [`TestClient::connect_from`]) when given.
+pub async fn plain_send_from(
+    source: Option<IpAddr>,
     addr: SocketAddr,
     mut req: Request<BoxBody>,
 ) -> io::Result<Response<Incoming>> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
+    let tcp = tcp_connect(source, addr).await?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(io::Error::other)?;
@@ -331,12 +350,37 @@ pub async fn try_websocket_tls(
 
 /// TCP + TLS to `addr` with SNI `localhost`, offering the single ALPN protocol `alpn`.
 pub async fn tls_connect(addr: SocketAddr, alpn: &[u8]) -> io::Result<TlsStream> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
+    tls_connect_from(None, addr, alpn).await
+}
+
+/// [`tls_connect`] from `source` when given.
+pub async fn tls_connect_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> io::Result<TlsStream> {
+    let tcp = tcp_connect(source, addr).await?;
     let server_name = ServerName::try_from(SERVER_NAME).expect("valid server name");
     TlsConnector::from(client_config(alpn))
         .connect(server_name, tcp)
         .await
+}
+
+/// TCP to `addr`, bound to `source` when given, without Nagle's delay.
+pub async fn tcp_connect(source: Option<IpAddr>, addr: SocketAddr) -> io::Result<TcpStream> {
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(source) => {
+            let socket = match source {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 fn client_config(alpn: &[u8]) -> Arc<ClientConfig> {

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -153,14 +153,7 @@ impl Drop for RedisServer {
 }
 
 fn find_redis_server() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("redis-server"))
-        .find(|candidate| candidate.is_file());
-    on_path
-        .or_else(|| Some(Path::new("/usr/bin/redis-server").to_path_buf()).filter(|p| p.is_file()))
-        .expect("redis-server not found on PATH nor at /usr/bin/redis-server (apt-get install redis-server)")
+    super::find_program("redis-server", "/usr/bin/redis-server", "redis-server")
 }
 
 /// Sends one command to the server on `port` of 127.0.0.1 and reads its reply.
