@@ -4,9 +4,11 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
+use prometheus_client::encoding::prometheus_text;
 
 use crate::app::App;
 use crate::body::{self, ProxyBody};
+use crate::metrics::Scrape;
 use crate::upstream::sticky::PinState;
 
 /// Answers the admin routes; `None` for every other request.
@@ -22,13 +24,15 @@ pub async fn route(app: &App, method: &Method, path: &str) -> Option<Response<Pr
         )),
         "/readyz" => Some(readyz(app).await),
         "/metrics" => {
-            let mut out = app.metrics.render(&app.pool, app.is_draining());
-            if let Some(meter) = &app.usage {
-                meter.render_metrics(&mut out);
-            }
+            let out = app.metrics.render(&Scrape {
+                pool: &app.pool,
+                draining: app.is_draining(),
+                store: app.store.as_ref(),
+                usage: app.usage.as_deref(),
+            });
             Some(text(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                prometheus_text::CONTENT_TYPE,
                 Bytes::from(out),
             ))
         }

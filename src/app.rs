@@ -88,6 +88,12 @@ pub struct App {
 
 impl App {
     pub async fn new(config: Config) -> Result<Self, String> {
+        Self::with_metrics(config, Arc::new(Metrics::new())).await
+    }
+
+    /// An App recording into `metrics`, which a reload passes on so that
+    /// counters continue.
+    pub async fn with_metrics(config: Config, metrics: Arc<Metrics>) -> Result<Self, String> {
         let pool = Pool::with_limit(
             &config.librechat.upstreams,
             &config.librechat.draining,
@@ -96,7 +102,7 @@ impl App {
         let redis_url = config.store.redis_url.as_ref().map(|s| s.expose());
         let store = store::connect(redis_url).await.map_err(|e| e.to_string())?;
         let http = crate::http_client::build();
-        let supabase = Supabase::new(&config.supabase, http, store.clone());
+        let supabase = Supabase::new(&config.supabase, http, store.clone(), &metrics);
         let oidc = match config.librechat.auth_mode {
             AuthMode::Oidc => Some(OidcProvider::new(&config).map_err(|e| e.to_string())?),
             AuthMode::Jwt => None,
@@ -106,7 +112,8 @@ impl App {
             config.librechat.token_ttl,
         );
         let frame_ancestors = frame_ancestors_directive(&config.iframe.allowed_origins);
-        let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
+        let pins = StickyPins::new(store.clone(), config.store.sticky_ttl)
+            .with_counters(metrics.pins.clone());
         let frame_ancestors_header = http::HeaderValue::from_str(&frame_ancestors)
             .map_err(|_| "iframe.allowed_origins: not usable in a header".to_owned())?;
         let quota = QuotaReader::new(store.clone());
@@ -121,7 +128,7 @@ impl App {
             frame_ancestors,
             librechat_tokens,
             oidc,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             background: CancellationToken::new(),
             tunnels: TaskTracker::new(),
             quota,

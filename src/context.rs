@@ -71,6 +71,8 @@ pub struct RequestContext {
     /// A chat request's body as the policy phase read it (SPEC section 10);
     /// usage metering (section 11) attributes the answer's stream with it.
     pub chat: Option<ChatRequest>,
+    /// Answered by chatgate itself (admin routes, seed API, OpenID).
+    pub own_route: bool,
 }
 
 /// What a chat request (`POST /api/agents/chat[/…]`, `/api/ask|edit/…`,
@@ -103,6 +105,7 @@ impl RequestContext {
             set_cookies: Vec::new(),
             identified_by: None,
             chat: None,
+            own_route: false,
         }
     }
 

@@ -32,6 +32,7 @@ use crate::body::{self, ProxyBody};
 use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
 use crate::identify::{self, user_switch};
+use crate::metrics::RouteClass;
 use crate::routes;
 use crate::usage;
 
@@ -49,6 +50,9 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             log::error(&ctx, &error);
+            if error.is_policy_refusal() {
+                app.metrics.record_policy_refusal(error.code());
+            }
             refusal(&app, &ctx, &line, error)
         }
     };
@@ -67,7 +71,9 @@ pub async fn handle(
         );
     }
     rewrite_response::finish_headers(&app, &ctx, headers);
-    app.metrics.record_response(response.status());
+    let route = route_class(&ctx, &line, &response);
+    app.metrics
+        .record_response(route, response.status(), ctx.started.elapsed());
     log::access(&ctx, &line, &response);
     Ok(response)
 }
@@ -80,9 +86,11 @@ async fn phases(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(app, request.headers())?;
     if let Some(response) = admin::route(app, request.method(), request.uri().path()).await {
+        ctx.own_route = true;
         return Ok(response);
     }
     if let Some(route) = routes::own_route(app, request.method(), request.uri().path()) {
+        ctx.own_route = true;
         return routes::answer(app, ctx, line, route, request).await;
     }
     let mut request = request;
@@ -98,11 +106,33 @@ async fn phases(
         upstream_request.path_and_query.path(),
         &mut upstream_request.headers,
     );
+    app.metrics.record_added_latency(ctx.started.elapsed());
     let response = forward::forward(app, ctx, upstream_request).await?;
     let response = usage::tap::wrap(metered, response);
     filter
         .apply(rewrite_response::rewrite(app, ctx, response))
         .await
+}
+
+/// The `route` label of a response (SPEC section 14).
+fn route_class<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B>) -> RouteClass {
+    if ctx.own_route {
+        RouteClass::ChatgateOwn
+    } else if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        RouteClass::WebSocket
+    } else if ctx.chat.is_some() {
+        RouteClass::Chat
+    } else if response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        RouteClass::Stream
+    } else if line.page_load {
+        RouteClass::Page
+    } else {
+        RouteClass::Api
+    }
 }
 
 /// The answer to a request chatgate refuses. An unauthenticated page load

@@ -128,9 +128,8 @@ impl Running {
             }
         }
         let key = tls::load_certified_key(&config.tls).map_err(|e| e.to_string())?;
-        let mut app = App::new(config).await?;
         // Counters and open tunnels belong to the process, not to one config.
-        app.metrics = old.metrics.clone();
+        let mut app = App::with_metrics(config, old.metrics.clone()).await?;
         app.tunnels = old.tunnels.clone();
         // The meter (its spool and tasks) belongs to the process as well.
         app.usage = old.usage.clone();
