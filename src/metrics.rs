@@ -207,81 +207,81 @@ impl Metrics {
         });
         registry.register(
             "chatgate_responses",
-            "Responses sent, by status class and route class (chatgate's own routes included).",
+            "Responses sent, by status class and route class (chatgate's own routes included)",
             responses_family,
         );
         registry.register(
             "chatgate_response_duration_seconds",
-            "Time from a request's arrival to its response's head, by status class and route class.",
+            "Time from a request's arrival to its response's head, by status class and route class",
             durations_family,
         );
         let added = Histogram::new(added_buckets());
         registry.register(
             "chatgate_added_latency_seconds",
-            "Time chatgate spent on a forwarded request before handing it to the forward phase (identify, policy, rewrite).",
+            "Time chatgate spent on a forwarded request before handing it to the forward phase (identify, policy, rewrite)",
             added.clone(),
         );
         let upstream_errors = Counter::default();
         registry.register(
             "chatgate_upstream_errors",
-            "Requests that failed to reach or hear from an instance.",
+            "Requests that failed to reach or hear from an instance",
             upstream_errors.clone(),
         );
         let retries = Counter::default();
         registry.register(
             "chatgate_retries",
-            "Requests retried on another instance.",
+            "Requests retried on another instance",
             retries.clone(),
         );
         let auth = Outcomes::register(
             &mut registry,
             "chatgate_auth",
-            "Supabase sessions read, by outcome.",
+            "Supabase sessions read, by outcome",
             "outcome",
             AUTH_OUTCOMES,
         );
         let refresh = RefreshCounters::default();
         registry.register(
             "chatgate_auth_refreshes",
-            "Calls to Supabase to refresh an expired session.",
+            "Calls to Supabase to refresh an expired session",
             refresh.refreshes.clone(),
         );
         registry.register(
             "chatgate_auth_refresh_joins",
-            "Requests that took a refresh another request or replica made.",
+            "Requests that took a refresh another request or replica made",
             refresh.joined.clone(),
         );
         let lookups = Outcomes::register(
             &mut registry,
             "chatgate_org_lookups",
-            "Organization (profile) lookups, by outcome.",
+            "Organization (profile) lookups, by outcome",
             "outcome",
             LOOKUP_OUTCOMES,
         );
         let pins = Outcomes::register(
             &mut registry,
             "chatgate_sticky_pins",
-            "Sticky-pin decisions for signed-in users' requests, by outcome.",
+            "Sticky-pin decisions for signed-in users' requests, by outcome",
             "outcome",
             PIN_OUTCOMES,
         );
         let policy_refusals = Outcomes::register(
             &mut registry,
             "chatgate_policy_refusals",
-            "Requests refused by the organization's policy, by error code.",
+            "Requests refused by the organization's policy, by error code",
             "reason",
             POLICY_REASONS,
         );
         let connections_parked = Gauge::default();
         registry.register(
             "chatgate_connections_parked",
-            "Idle HTTP/1.1 connections whose buffers are freed until the client speaks again.",
+            "Idle HTTP/1.1 connections whose buffers are freed until the client speaks again",
             connections_parked.clone(),
         );
         let workers = Family::<Named, Gauge>::default();
         registry.register(
             "chatgate_connections_open",
-            "Client connections open, by serving thread.",
+            "Client connections open, by serving thread",
             workers.clone(),
         );
         Self {
@@ -382,15 +382,15 @@ impl Metrics {
         let mut registry = Registry::default();
         let pool = scrape.pool;
         let per_instance: [PerInstance<i64>; 3] = [
-            ("chatgate_upstream_healthy", "Whether an instance takes traffic.", |u| {
+            ("chatgate_upstream_healthy", "Whether an instance takes traffic", |u| {
                 i64::from(u.health() != Health::Unhealthy)
             }),
-            ("chatgate_upstream_in_flight", "Requests in flight per instance.", |u| {
+            ("chatgate_upstream_in_flight", "Requests in flight per instance", |u| {
                 i64::try_from(u.in_flight()).unwrap_or(i64::MAX)
             }),
             (
                 "chatgate_upstream_ejected",
-                "Whether failed requests took an instance out of rotation (panic routing may still use it).",
+                "Whether failed requests took an instance out of rotation (panic routing may still use it)",
                 |u| i64::from(u.is_ejected()),
             ),
         ];
@@ -406,12 +406,12 @@ impl Metrics {
         let waits: [PerInstance<u64>; 2] = [
             (
                 "chatgate_upstream_connection_waits",
-                "Requests that waited for one of librechat.max_connections_per_instance.",
+                "Requests that waited for one of librechat.max_connections_per_instance",
                 |u| u.connection_waits.load(Ordering::Relaxed),
             ),
             (
                 "chatgate_upstream_connection_wait_timeouts",
-                "Requests answered 503 because every connection to the instance stayed in use.",
+                "Requests answered 503 because every connection to the instance stayed in use",
                 |u| u.connection_wait_timeouts.load(Ordering::Relaxed),
             ),
         ];
@@ -427,13 +427,13 @@ impl Metrics {
         gauge(
             &mut registry,
             "chatgate_pool_panic",
-            "1 while fewer than half of the instances are routable and passive ejections are ignored.",
+            "1 while fewer than half of the instances are routable and passive ejections are ignored",
             i64::from(pool.is_panicking()),
         );
         gauge(
             &mut registry,
             "chatgate_draining",
-            "Whether shutdown has begun.",
+            "Whether shutdown has begun",
             i64::from(scrape.draining),
         );
         let open: i64 = self
@@ -443,19 +443,19 @@ impl Metrics {
         gauge(
             &mut registry,
             "chatgate_connections_draining",
-            "Client connections still open after shutdown began (0 before).",
+            "Client connections still open after shutdown began (0 before)",
             if scrape.draining { open } else { 0 },
         );
         counter(
             &mut registry,
             "chatgate_store_errors",
-            "Store operations that failed (Redis did not answer or refused).",
+            "Store operations that failed (Redis did not answer or refused)",
             scrape.store.errors(),
         );
         gauge(
             &mut registry,
             "chatgate_store_breaker_open",
-            "1 while the store is skipped after failing (sticky pins fall back to hashing).",
+            "1 while the store is skipped after failing (sticky pins fall back to hashing)",
             i64::from(scrape.store.degraded()),
         );
         if let Some(meter) = scrape.usage {
@@ -480,42 +480,42 @@ fn usage_families(registry: &mut Registry, meter: &crate::usage::Meter) {
     let counters = [
         (
             "chatgate_usage_batches_written",
-            "Usage batches committed to Postgres.",
+            "Usage batches committed to Postgres",
             load(&stats.batches_written),
         ),
         (
             "chatgate_usage_batches_replayed",
-            "Usage batches found already committed (sent again after a lost commit).",
+            "Usage batches found already committed (sent again after a lost commit)",
             load(&stats.batches_replayed),
         ),
         (
             "chatgate_usage_flush_failures",
-            "Usage flushes that failed (Postgres unreachable or refusing).",
+            "Usage flushes that failed (Postgres unreachable or refusing)",
             load(&stats.flush_failures),
         ),
         (
             "chatgate_usage_records_spooled",
-            "Counted records written to the usage spool.",
+            "Counted records written to the usage spool",
             load(&stats.records_spooled),
         ),
         (
             "chatgate_usage_records_dropped",
-            "Counted records lost (spool full or unwritable).",
+            "Counted records lost (spool full or unwritable)",
             load(&stats.records_dropped),
         ),
         (
             "chatgate_usage_replays_skipped",
-            "Replayed usage events (resumed streams) not counted again.",
+            "Replayed usage events (resumed streams) not counted again",
             load(&stats.replays_skipped),
         ),
         (
             "chatgate_usage_events_rejected",
-            "Usage events rejected for impossible counts.",
+            "Usage events rejected for impossible counts",
             load(&stats.events_rejected),
         ),
         (
             "chatgate_usage_drains_refused",
-            "Streams whose client left while the drain cap was reached (counted as far as seen).",
+            "Streams whose client left while the drain cap was reached (counted as far as seen)",
             load(&stats.drains_refused),
         ),
     ];
@@ -529,22 +529,22 @@ fn usage_families(registry: &mut Registry, meter: &crate::usage::Meter) {
     let gauges = [
         (
             "chatgate_usage_spool_bytes",
-            "Bytes of counted records waiting in the usage spool.",
+            "Bytes of counted records waiting in the usage spool",
             bytes,
         ),
         (
             "chatgate_usage_spool_oldest_seconds",
-            "Age of the oldest record in the usage spool (0 = empty).",
+            "Age of the oldest record in the usage spool (0 = empty)",
             age,
         ),
         (
             "chatgate_usage_drains_running",
-            "Streams read on after their client left, to count them.",
+            "Streams read on after their client left, to count them",
             load(&stats.drains_running),
         ),
         (
             "chatgate_usage_postgres_up",
-            "Whether the last write or ping reached Postgres.",
+            "Whether the last write or ping reached Postgres",
             u64::from(meter.degraded().is_none()),
         ),
     ];

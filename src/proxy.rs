@@ -34,6 +34,7 @@ use crate::error::ProxyError;
 use crate::identify::{self, user_switch};
 use crate::metrics::RouteClass;
 use crate::routes;
+use crate::trace::TRACEPARENT;
 use crate::usage;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -44,12 +45,19 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut ctx = RequestContext::new(conn, request.headers().get(&X_REQUEST_ID));
+    let mut ctx = RequestContext::new(
+        conn,
+        request.headers().get(&X_REQUEST_ID),
+        request.headers().get(&TRACEPARENT),
+    );
     let line = RequestLine::of(&request);
     let mut response = match phases(&app, &mut ctx, &line, request).await {
         Ok(response) => response,
         Err(error) => {
-            log::error(&ctx, &error);
+            let reason = log::error(&ctx, &error);
+            if error.status().is_server_error() {
+                ctx.failure = Some(reason);
+            }
             if error.is_policy_refusal() {
                 app.metrics.record_policy_refusal(error.code());
             }
@@ -74,8 +82,7 @@ pub async fn handle(
     let route = route_class(&ctx, &line, &response);
     app.metrics
         .record_response(route, response.status(), ctx.started.elapsed());
-    log::access(&ctx, &line, &response);
-    Ok(response)
+    Ok(log::when_sent(ctx, line, response))
 }
 
 async fn phases(
@@ -86,11 +93,11 @@ async fn phases(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(app, request.headers())?;
     if let Some(response) = admin::route(app, request.method(), request.uri().path()).await {
-        ctx.own_route = true;
+        ctx.route = Some(RouteClass::ChatgateOwn);
         return Ok(response);
     }
     if let Some(route) = routes::own_route(app, request.method(), request.uri().path()) {
-        ctx.own_route = true;
+        ctx.route = Some(RouteClass::ChatgateOwn);
         return routes::answer(app, ctx, line, route, request).await;
     }
     let mut request = request;
@@ -116,12 +123,10 @@ async fn phases(
 
 /// The `route` label of a response (SPEC section 14).
 fn route_class<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B>) -> RouteClass {
-    if ctx.own_route {
-        RouteClass::ChatgateOwn
+    if let Some(route) = ctx.route {
+        route
     } else if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         RouteClass::WebSocket
-    } else if ctx.chat.is_some() {
-        RouteClass::Chat
     } else if response
         .headers()
         .get(header::CONTENT_TYPE)
