@@ -2,13 +2,14 @@
 //! `/readyz` (readiness, with reasons) and `/metrics` (SPEC section 4). They
 //! need no authentication and never reach an upstream.
 
+mod scrape;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use prometheus_client::encoding::prometheus_text;
 
 use crate::app::App;
 use crate::body::{self, ProxyBody};
-use crate::metrics::Scrape;
 use crate::upstream::sticky::PinState;
 
 /// Answers the admin routes; `None` for every other request.
@@ -24,12 +25,7 @@ pub async fn route(app: &App, method: &Method, path: &str) -> Option<Response<Pr
         )),
         "/readyz" => Some(readyz(app).await),
         "/metrics" => {
-            let out = app.metrics.render(&Scrape {
-                pool: &app.pool,
-                draining: app.is_draining(),
-                store: app.store.as_ref(),
-                usage: app.usage.as_deref(),
-            });
+            let out = scrape::render(app);
             Some(text(
                 StatusCode::OK,
                 prometheus_text::CONTENT_TYPE,

@@ -142,6 +142,35 @@ async fn metrics_count_a_known_sequence_of_requests_exactly() {
         0.0
     );
     assert!(text.contains("# TYPE chatgate_response_duration_seconds histogram"));
+    // Every family the example dashboard queries is one chatgate shows
+    // (usage metering's only when it is on, so those are checked in the docs).
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../docs/grafana-dashboard.json")).unwrap();
+    let operations = include_str!("../docs/operations.md");
+    for target in dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+    {
+        let expr = target["expr"].as_str().unwrap();
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("chatgate_"))
+        {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                operations.contains(&format!("`{family}`")),
+                "{family} undocumented"
+            );
+            if !family.starts_with("chatgate_usage_") {
+                assert!(
+                    text.contains(&format!("# TYPE {family} ")),
+                    "{family} not shown"
+                );
+            }
+        }
+    }
     // The scrape itself is counted once it has been answered.
     let again = scrape(&gate).await;
     assert_eq!(
