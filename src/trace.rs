@@ -3,6 +3,8 @@
 //! one naming chatgate's own span as the parent, so its spans join the
 //! caller's trace. The trace id goes on the access line.
 
+pub mod export;
+
 use std::cell::Cell;
 
 use http::HeaderValue;
@@ -14,6 +16,8 @@ pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracep
 #[derive(Debug, Clone, Copy)]
 pub struct TraceParent {
     text: [u8; 55],
+    /// The caller's span id (16 hex digits), when it sent a `traceparent`.
+    parent: Option<[u8; 16]>,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -23,10 +27,14 @@ impl TraceParent {
     /// a fresh span id for chatgate's part.
     pub fn of(incoming: Option<&HeaderValue>) -> Self {
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let mut parent = None;
         match incoming.and_then(|v| parse(v.as_bytes())) {
-            Some((trace_id, flags)) => {
+            Some((trace_id, parent_id, flags)) => {
                 text[3..35].copy_from_slice(trace_id);
                 text[53..55].copy_from_slice(flags);
+                let mut id = [0u8; 16];
+                id.copy_from_slice(parent_id);
+                parent = Some(id);
             }
             None => {
                 let (a, b) = (random_u64(), random_u64());
@@ -37,7 +45,14 @@ impl TraceParent {
             }
         }
         write_hex(&mut text[36..52], random_u64() | 1);
-        Self { text }
+        Self { text, parent }
+    }
+
+    /// The caller's span id, when the request came with a `traceparent`.
+    pub fn parent_span_id(&self) -> Option<&str> {
+        self.parent
+            .as_ref()
+            .and_then(|id| std::str::from_utf8(id).ok())
     }
 
     /// The 32 hex digits of the trace id.
@@ -66,7 +81,7 @@ impl TraceParent {
 /// The trace id and flags of a well-formed `traceparent` (W3C Trace
 /// Context level 1: lower-case hex, ids not all zeros, version `ff` never
 /// valid; a later version may carry more after a `-`).
-fn parse(value: &[u8]) -> Option<(&[u8], &[u8])> {
+fn parse(value: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
         return None;
     }
@@ -82,7 +97,7 @@ fn parse(value: &[u8]) -> Option<(&[u8], &[u8])> {
         && (version != b"00" || value.len() == 55)
         && !zeros(trace_id)
         && !zeros(parent_id);
-    well_formed.then_some((trace_id, flags))
+    well_formed.then_some((trace_id, parent_id, flags))
 }
 
 fn write_hex(out: &mut [u8], value: u64) {
@@ -118,6 +133,7 @@ mod tests {
         let trace = TraceParent::of(Some(&HeaderValue::from_static(GOOD)));
         assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(trace.span_id(), "00f067aa0ba902b7");
+        assert_eq!(trace.parent_span_id(), Some("00f067aa0ba902b7"));
         assert!(trace.sampled());
         let sent = trace.header();
         let sent = sent.to_str().unwrap();
@@ -159,5 +175,6 @@ mod tests {
         assert_ne!(a.trace_id(), b.trace_id());
         assert_ne!(a.span_id(), b.span_id());
         assert!(a.sampled());
+        assert_eq!(a.parent_span_id(), None);
     }
 }

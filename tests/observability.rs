@@ -192,6 +192,10 @@ struct Logged {
 
 impl Logged {
     fn start(config: GateConfig) -> Logged {
+        Logged::start_with(config, &[])
+    }
+
+    fn start_with(config: GateConfig, env: &[(&str, &str)]) -> Logged {
         support::init_crypto();
         let dir = tempfile::tempdir().unwrap();
         let port = support::free_port();
@@ -202,6 +206,7 @@ impl Logged {
         let child = Command::new(env!("CARGO_BIN_EXE_chatgate"))
             .arg("--config")
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -335,4 +340,155 @@ async fn the_access_line_has_bytes_identity_and_trace_and_the_trace_reaches_libr
     let text = std::fs::read_to_string(&gate.log).unwrap();
     assert!(!text.contains("hidden"), "{text}");
     assert!(!text.contains(&ada.session.access_token), "{text}");
+}
+
+/// A stand-in OpenTelemetry collector: OTLP/HTTP `POST /v1/traces`, JSON.
+struct Collector {
+    addr: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let ok = req.method() == Method::POST
+                                && req.uri().path() == "/v1/traces"
+                                && req.headers()["content-type"] == "application/json";
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            if ok {
+                                store
+                                    .lock()
+                                    .unwrap()
+                                    .push(serde_json::from_slice(&body).unwrap());
+                            }
+                            let status = if ok {
+                                StatusCode::OK
+                            } else {
+                                StatusCode::NOT_FOUND
+                            };
+                            let mut answer =
+                                http::Response::new(http_body_util::Full::new(Bytes::from("{}")));
+                            *answer.status_mut() = status;
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Collector { addr, received }
+    }
+
+    /// Every span received so far.
+    fn spans(&self) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["resourceSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn spans_go_to_the_otlp_collector_named_by_the_environment() {
+    let collector = Collector::start().await;
+    let supabase = StandInSupabase::start(SigningKind::Hs256).await;
+    let lc = StandInLibreChat::start("lc-1").await;
+    let endpoint = format!("http://{}", collector.addr);
+    let gate = Logged::start_with(
+        GateConfig::new(&[lc.url()]).with_supabase(&supabase),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let ada = SignedIn::new(&supabase, "ada@acme.example");
+    eventually("chatgate listens", || {
+        let addr = gate.addr;
+        async move { TestClient::connect(addr, Alpn::H1).await.is_ok() }
+    })
+    .await;
+    let mut client = TestClient::connect(gate.addr, Alpn::H1).await.unwrap();
+    let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (status, _, _) = client
+        .get(
+            "/api/convos",
+            &[
+                ada.header(),
+                ("x-request-id", "otlp-1"),
+                ("traceparent", incoming),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let passed = lc
+        .requests()
+        .last()
+        .unwrap()
+        .header("traceparent")
+        .unwrap()
+        .to_owned();
+    let mut span = None;
+    eventually("the collector receives the span", || {
+        span = collector
+            .spans()
+            .into_iter()
+            .find(|s| s["traceId"] == "0af7651916cd43dd8448eb211c80319c");
+        let done = span.is_some();
+        async move { done }
+    })
+    .await;
+    let span = span.unwrap();
+    assert_eq!(
+        span["parentSpanId"], "b7ad6b7169203331",
+        "the caller's span"
+    );
+    assert_eq!(
+        span["spanId"].as_str().unwrap(),
+        &passed[36..52],
+        "LibreChat's parent"
+    );
+    assert_eq!(span["kind"], 2);
+    assert_eq!(span["name"], "GET");
+    let attributes = span["attributes"].to_string();
+    assert!(attributes.contains("\"url.path\""), "{attributes}");
+    assert!(
+        attributes.contains("/api/convos") && attributes.contains("otlp-1"),
+        "{attributes}"
+    );
+    // A caller that did not ask for sampling (flags 00) is not exported.
+    let unsampled = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    client
+        .get("/api/convos", &[ada.header(), ("traceparent", unsampled)])
+        .await;
+    let (_, _, _) = client
+        .get("/api/convos", &[ada.header(), ("x-request-id", "otlp-3")])
+        .await;
+    eventually("a later sampled span arrives", || {
+        let done = collector
+            .spans()
+            .iter()
+            .any(|s| s.to_string().contains("otlp-3"));
+        async move { done }
+    })
+    .await;
+    assert!(!collector
+        .spans()
+        .iter()
+        .any(|s| s["traceId"] == "1af7651916cd43dd8448eb211c80319c"));
 }

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::Response;
@@ -12,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::trace::export::{self, Span};
 
 use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
@@ -26,7 +28,8 @@ pub fn when_sent(
     line: RequestLine,
     response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    if !logging::access_enabled() {
+    let exporting = export::enabled() && ctx.trace.sampled();
+    if !(logging::access_enabled() || exporting) {
         return response;
     }
     let status = response.status().as_u16();
@@ -94,6 +97,32 @@ struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        self.log();
+        if export::enabled() && self.ctx.trace.sampled() {
+            self.export();
+        }
+    }
+}
+
+impl Record {
+    fn export(&self) {
+        let ctx = &self.ctx;
+        let end = SystemTime::now();
+        export::record(Span {
+            trace_id: ctx.trace.trace_id().to_owned(),
+            span_id: ctx.trace.span_id().to_owned(),
+            parent_span_id: ctx.trace.parent_span_id().map(str::to_owned),
+            method: self.line.method.clone(),
+            path: self.line.uri.path().to_owned(),
+            status: self.status,
+            request_id: ctx.request_id_str().to_owned(),
+            upstream: ctx.upstream.as_ref().map(|u| u.url.to_string()),
+            start: end.checked_sub(ctx.started.elapsed()).unwrap_or(end),
+            end,
+        });
+    }
+
+    fn log(&self) {
         let ctx = &self.ctx;
         let from_instance = (self.status >= 500 && ctx.upstream.is_some())
             .then_some("the instance answered with this status");
