@@ -8,6 +8,7 @@
 //! (instances, the store, usage) is read when `/metrics` is scraped
 //! (`admin::scrape`).
 
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -91,11 +92,16 @@ const POLICY_REASONS: [&str; 5] = [
     "bad_request",
 ];
 
-/// Counters of one family, one per label value, indexed by an enum.
+/// Counters of one family, one per label value, indexed by the enum `E`
+/// whose variants are the values (so a pin outcome cannot be counted as a
+/// lookup's).
 #[derive(Debug, Clone)]
-pub struct Outcomes<const N: usize>([Counter; N]);
+pub struct Outcomes<E, const N: usize> {
+    counters: [Counter; N],
+    kind: PhantomData<fn(E)>,
+}
 
-impl<const N: usize> Outcomes<N> {
+impl<E: Into<usize>, const N: usize> Outcomes<E, N> {
     /// Registers `name{key=…}` with a series per word, all shown from the start.
     fn register(
         registry: &mut Registry,
@@ -107,36 +113,51 @@ impl<const N: usize> Outcomes<N> {
         let family = Family::<Words<1>, Counter>::default();
         let counters = words.map(|word| family.get_or_create_owned(&[(key, word)]));
         registry.register(name, help, family);
-        Self(counters)
+        Self {
+            counters,
+            kind: PhantomData,
+        }
     }
 
     /// Counters not shown anywhere (components built outside an `App`).
     pub fn detached() -> Self {
-        Self(std::array::from_fn(|_| Counter::default()))
+        Self {
+            counters: std::array::from_fn(|_| Counter::default()),
+            kind: PhantomData,
+        }
     }
 
-    fn inc(&self, index: usize) {
-        self.0[index].inc();
+    pub fn record(&self, outcome: E) {
+        self.counters[outcome.into()].inc();
+    }
+}
+
+macro_rules! index_of_variant {
+    ($($kind:ty),*) => {$(
+        impl From<$kind> for usize {
+            fn from(outcome: $kind) -> usize {
+                outcome as usize
+            }
+        }
+    )*};
+}
+index_of_variant!(AuthOutcome, LookupOutcome, PinOutcome);
+
+/// A policy refusal's error code, by its place in `POLICY_REASONS`.
+#[derive(Debug, Clone, Copy)]
+struct PolicyReason(usize);
+
+impl From<PolicyReason> for usize {
+    fn from(reason: PolicyReason) -> usize {
+        reason.0
     }
 }
 
 /// Sticky-pin decisions, recorded by `upstream::sticky`.
-pub type PinCounters = Outcomes<4>;
-
-impl PinCounters {
-    pub fn record(&self, outcome: PinOutcome) {
-        self.inc(outcome as usize);
-    }
-}
+pub type PinCounters = Outcomes<PinOutcome, 4>;
 
 /// Organization lookups, recorded by `supabase::tenant`.
-pub type LookupCounters = Outcomes<4>;
-
-impl LookupCounters {
-    pub fn record_lookup(&self, outcome: LookupOutcome) {
-        self.inc(outcome as usize);
-    }
-}
+pub type LookupCounters = Outcomes<LookupOutcome, 4>;
 
 /// Session refreshes, recorded by `supabase::refresh`.
 #[derive(Debug, Clone, Default)]
@@ -156,8 +177,8 @@ pub struct Metrics {
     added: Histogram,
     upstream_errors: Counter,
     retries: Counter,
-    auth: Outcomes<5>,
-    policy_refusals: Outcomes<5>,
+    auth: Outcomes<AuthOutcome, 5>,
+    policy_refusals: Outcomes<PolicyReason, 5>,
     pub refresh: RefreshCounters,
     pub lookups: LookupCounters,
     pub pins: PinCounters,
@@ -311,13 +332,13 @@ impl Metrics {
     }
 
     pub fn record_auth(&self, outcome: AuthOutcome) {
-        self.auth.inc(outcome as usize);
+        self.auth.record(outcome);
     }
 
     /// A policy refusal, by its error code (other codes are not counted).
     pub fn record_policy_refusal(&self, code: &str) {
         if let Some(index) = POLICY_REASONS.iter().position(|r| *r == code) {
-            self.policy_refusals.inc(index);
+            self.policy_refusals.record(PolicyReason(index));
         }
     }
 

@@ -221,7 +221,7 @@ impl TenantLookup {
                 if age >= self.inner.ttl * 3 / 4 {
                     self.refresh_in_background(user_id, access_token);
                 }
-                self.inner.counters.record_lookup(LookupOutcome::Hit);
+                self.inner.counters.record(LookupOutcome::Hit);
                 return Ok(entry.profile.clone());
             }
             return Box::pin(self.reload_or_stale(user_id, access_token, entry)).await;
@@ -232,7 +232,7 @@ impl TenantLookup {
         let loaded = Box::pin(self.inner.load_once(user_id, access_token, true))
             .await
             .map(|entry| entry.profile.clone());
-        self.inner.counters.record_lookup(match loaded {
+        self.inner.counters.record(match loaded {
             Ok(_) => LookupOutcome::Miss,
             Err(_) => LookupOutcome::Error,
         });
@@ -252,7 +252,7 @@ impl TenantLookup {
         let answer = self
             .stale_or_not(user_id, access_token, &stale, usable, reload)
             .await;
-        self.inner.counters.record_lookup(match &answer {
+        self.inner.counters.record(match &answer {
             Ok(profile) if Arc::ptr_eq(profile, &stale.profile) => LookupOutcome::Stale,
             Ok(_) => LookupOutcome::Miss,
             Err(_) => LookupOutcome::Error,
