@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
     .expect("config");
     let app = runtime.block_on(App::new(config)).expect("app");
     let peer: SocketAddr = "203.0.113.9:51234".parse().expect("peer");
-    let ctx = RequestContext::new(Arc::new(ConnInfo { peer, tls: true }), None);
+    let ctx = RequestContext::new(Arc::new(ConnInfo { peer, tls: true }), None, None);
     let identity = identity();
     let issuer = TokenIssuer::new(Some(SECRET), Duration::from_secs(900));
 

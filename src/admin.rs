@@ -2,8 +2,11 @@
 //! `/readyz` (readiness, with reasons) and `/metrics` (SPEC section 4). They
 //! need no authentication and never reach an upstream.
 
+mod scrape;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
+use prometheus_client::encoding::prometheus_text;
 
 use crate::app::App;
 use crate::body::{self, ProxyBody};
@@ -22,13 +25,10 @@ pub async fn route(app: &App, method: &Method, path: &str) -> Option<Response<Pr
         )),
         "/readyz" => Some(readyz(app).await),
         "/metrics" => {
-            let mut out = app.metrics.render(&app.pool, app.is_draining());
-            if let Some(meter) = &app.usage {
-                meter.render_metrics(&mut out);
-            }
+            let out = scrape::render(app);
             Some(text(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                prometheus_text::CONTENT_TYPE,
                 Bytes::from(out),
             ))
         }

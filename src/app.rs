@@ -90,7 +90,7 @@ pub struct App {
 
 impl App {
     pub async fn new(config: Config) -> Result<Self, String> {
-        Self::build(config, None).await
+        Self::build(config, None, Arc::new(Metrics::new())).await
     }
 
     /// The App a reload swaps in for `old`. What holds state worth keeping
@@ -100,10 +100,15 @@ impl App {
     /// pool's health and connections. A SIGHUP while Supabase is down must
     /// not empty caches that the outage would then keep empty.
     pub async fn reloaded(config: Config, old: &App) -> Result<Self, String> {
-        Self::build(config, Some(old)).await
+        // Counters belong to the process, not to one config.
+        Self::build(config, Some(old), old.metrics.clone()).await
     }
 
-    async fn build(config: Config, old: Option<&App>) -> Result<Self, String> {
+    async fn build(
+        config: Config,
+        old: Option<&App>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let old_store = old.filter(|old| old.config.store == config.store);
         let store = match old_store {
             Some(old) => old.store.clone(),
@@ -126,6 +131,7 @@ impl App {
                 &config.supabase,
                 crate::http_client::build(),
                 store.clone(),
+                &metrics,
             )),
         };
         let oidc = match config.librechat.auth_mode {
@@ -137,7 +143,8 @@ impl App {
             config.librechat.token_ttl,
         );
         let frame_ancestors = frame_ancestors_directive(&config.iframe.allowed_origins);
-        let pins = StickyPins::new(store.clone(), config.store.sticky_ttl);
+        let pins = StickyPins::new(store.clone(), config.store.sticky_ttl)
+            .with_counters(metrics.pins.clone());
         let frame_ancestors_header = http::HeaderValue::from_str(&frame_ancestors)
             .map_err(|_| "iframe.allowed_origins: not usable in a header".to_owned())?;
         let quota = QuotaReader::new(store.clone());
@@ -152,7 +159,7 @@ impl App {
             frame_ancestors,
             librechat_tokens,
             oidc,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             background: CancellationToken::new(),
             tunnels: TaskTracker::new(),
             quota,

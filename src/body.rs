@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,11 +40,22 @@ impl RequestBody {
     }
 
     /// The body for the upstream request; a streamed one ends after
-    /// `idle` without a frame.
-    pub fn into_upstream(self, idle: Duration) -> ProxyBody {
+    /// `idle` without a frame. `seen` counts its bytes as they pass (the
+    /// access line's `bytes_in`).
+    pub fn into_upstream(self, idle: Duration, seen: Arc<AtomicU64>) -> ProxyBody {
         match self {
-            RequestBody::Streaming(incoming) => with_idle_timeout(incoming, idle, ()),
-            RequestBody::Read(bytes) => full(bytes),
+            RequestBody::Streaming(incoming) => with_idle_timeout(
+                Counted {
+                    inner: incoming,
+                    seen,
+                },
+                idle,
+                (),
+            ),
+            RequestBody::Read(bytes) => {
+                seen.store(bytes.len() as u64, Ordering::Relaxed);
+                full(bytes)
+            }
         }
     }
 }
@@ -151,6 +164,42 @@ where
         _guard: guard,
     }
     .boxed_unsync()
+}
+
+pin_project_lite::pin_project! {
+    /// Adds the length of each data frame to `seen`.
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        seen: Arc<AtomicU64>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.seen.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

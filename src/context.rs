@@ -9,6 +9,8 @@ use std::time::Instant;
 use http::{header, HeaderValue, Method, Request, Uri, Version};
 
 use crate::identity::Identity;
+use crate::metrics::RouteClass;
+use crate::trace::TraceParent;
 use crate::upstream::Upstream;
 
 /// What is known about the connection a request came in on.
@@ -71,6 +73,16 @@ pub struct RequestContext {
     /// A chat request's body as the policy phase read it (SPEC section 10);
     /// usage metering (section 11) attributes the answer's stream with it.
     pub chat: Option<ChatRequest>,
+    /// The `route` label, when a phase knows it (chatgate's own routes, a
+    /// chat); else the response decides (`proxy::route_class`).
+    pub route: Option<RouteClass>,
+    /// The W3C trace this request belongs to, with chatgate's span id.
+    pub trace: TraceParent,
+    /// Why a request failed with a 5xx, for its access line.
+    pub failure: Option<String>,
+    /// Body bytes sent on to LibreChat, counted as they pass; made only
+    /// for a request that has a body.
+    pub bytes_in: Option<Arc<AtomicU64>>,
 }
 
 /// What a chat request (`POST /api/agents/chat[/…]`, `/api/ask|edit/…`,
@@ -88,7 +100,11 @@ pub struct ChatRequest {
 }
 
 impl RequestContext {
-    pub fn new(conn: Arc<ConnInfo>, incoming_id: Option<&HeaderValue>) -> Self {
+    pub fn new(
+        conn: Arc<ConnInfo>,
+        incoming_id: Option<&HeaderValue>,
+        incoming_trace: Option<&HeaderValue>,
+    ) -> Self {
         let request_id = incoming_id
             .filter(|v| is_valid_request_id(v))
             .cloned()
@@ -103,6 +119,10 @@ impl RequestContext {
             set_cookies: Vec::new(),
             identified_by: None,
             chat: None,
+            route: None,
+            trace: TraceParent::of(incoming_trace),
+            failure: None,
+            bytes_in: None,
         }
     }
 

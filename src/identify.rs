@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::context::{RequestContext, RequestLine};
 use crate::error::ProxyError;
 use crate::identity::Identity;
+use crate::metrics::AuthOutcome;
 use crate::supabase::session::SessionCheck;
 use crate::supabase::tenant::{Organization, Profile, TenantError};
 use crate::supabase::verify::{AccessClaims, VerifyError};
@@ -117,17 +118,20 @@ pub async fn from_supabase_cookie(
     ctx: &mut RequestContext,
     headers: &HeaderMap,
 ) -> Result<Identity, ProxyError> {
-    let check = app
-        .supabase
-        .check_session(headers)
-        .await
-        .map_err(|e| ProxyError::AuthUnavailable(e.0))?;
+    let check = app.supabase.check_session(headers).await.map_err(|e| {
+        app.metrics.record_auth(AuthOutcome::Unavailable);
+        ProxyError::AuthUnavailable(e.0)
+    })?;
     let (claims, access_token) = match check {
-        SessionCheck::Absent => return Err(ProxyError::Unauthenticated),
+        SessionCheck::Absent => {
+            app.metrics.record_auth(AuthOutcome::Absent);
+            return Err(ProxyError::Unauthenticated);
+        }
         SessionCheck::Ended {
             code,
             clear_cookies,
         } => {
+            app.metrics.record_auth(AuthOutcome::Ended);
             tracing::info!(request_id = ctx.request_id_str(), %code, "Supabase ended the session");
             ctx.set_cookies.extend(clear_cookies);
             return Err(ProxyError::Unauthenticated);
@@ -137,13 +141,17 @@ pub async fn from_supabase_cookie(
             access_token,
             set_cookies,
         } => {
+            app.metrics.record_auth(AuthOutcome::Refreshed);
             ctx.set_cookies.extend(set_cookies);
             (claims, access_token)
         }
         SessionCheck::Valid {
             claims,
             access_token,
-        } => (claims, access_token),
+        } => {
+            app.metrics.record_auth(AuthOutcome::Valid);
+            (claims, access_token)
+        }
     };
     let identity = with_organization(app, claims, &access_token).await?;
     ctx.identified_by = Some("cookie");
@@ -175,9 +183,16 @@ pub async fn from_supabase_bearer_or_cookie(
         .verify(token)
         .await
         .map_err(|e| match e {
-            VerifyError::KeysUnavailable(reason) => ProxyError::AuthUnavailable(reason),
-            VerifyError::Expired | VerifyError::Invalid(_) => ProxyError::Unauthenticated,
+            VerifyError::KeysUnavailable(reason) => {
+                app.metrics.record_auth(AuthOutcome::Unavailable);
+                ProxyError::AuthUnavailable(reason)
+            }
+            VerifyError::Expired | VerifyError::Invalid(_) => {
+                app.metrics.record_auth(AuthOutcome::Absent);
+                ProxyError::Unauthenticated
+            }
         })?;
+    app.metrics.record_auth(AuthOutcome::Valid);
     ctx.identified_by = Some("bearer");
     with_organization(app, claims, token).await
 }

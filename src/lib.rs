@@ -65,5 +65,6 @@ pub mod server;
 pub mod store;
 pub mod supabase;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod usage;

@@ -206,6 +206,19 @@ pub struct AccessLine<'a> {
     pub organization_id: Option<&'a str>,
     /// How: `cookie`, `session`, `handoff` or `bearer` (SPEC section 14).
     pub identified_by: Option<&'a str>,
+    /// Body bytes received from the client and sent to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The W3C trace id (32 hex digits).
+    pub trace_id: &'a str,
+    /// Why a 5xx answer failed (never a token, secret or header value).
+    pub reason: Option<&'a str>,
+}
+
+/// Whether access lines are written (`RUST_LOG=chatgate::access=off` stops
+/// them), so a request can skip what only its line would need.
+pub fn access_enabled() -> bool {
+    SINK.get().is_some() && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
 }
 
 /// The target the access line is filtered by (`RUST_LOG=chatgate::access=off`).
@@ -261,13 +274,15 @@ fn format_access(buf: &mut String, format: LogFormat, at: SystemTime, line: &Acc
             }
             let _ = write!(
                 buf,
-                ",\"attempts\":{},\"duration_ms\":{duration_ms}",
-                line.attempts
+                ",\"attempts\":{},\"duration_ms\":{duration_ms},\"bytes_in\":{},\"bytes_out\":{}",
+                line.attempts, line.bytes_in, line.bytes_out
             );
             for (key, value) in [
                 ("user_id", line.user_id),
                 ("organization_id", line.organization_id),
                 ("identified_by", line.identified_by),
+                ("trace_id", Some(line.trace_id)),
+                ("reason", line.reason),
             ] {
                 let _ = write!(buf, ",\"{key}\":");
                 match value {
@@ -282,8 +297,8 @@ fn format_access(buf: &mut String, format: LogFormat, at: SystemTime, line: &Acc
             let _ = writeln!(
                 buf,
                 "  INFO {ACCESS_TARGET}: request_id={:?} peer={} method={} path={:?} version={version} \
-                 status={} upstream={} attempts={} duration_ms={duration_ms} user_id={} \
-                 organization_id={} identified_by={}",
+                 status={} upstream={} attempts={} duration_ms={duration_ms} bytes_in={} bytes_out={} \
+                 user_id={} organization_id={} identified_by={} trace_id={} reason={:?}",
                 line.request_id,
                 line.peer,
                 line.method,
@@ -291,9 +306,13 @@ fn format_access(buf: &mut String, format: LogFormat, at: SystemTime, line: &Acc
                 line.status,
                 line.upstream.unwrap_or("-"),
                 line.attempts,
+                line.bytes_in,
+                line.bytes_out,
                 line.user_id.unwrap_or("-"),
                 line.organization_id.unwrap_or("-"),
                 line.identified_by.unwrap_or("-"),
+                line.trace_id,
+                line.reason.unwrap_or("-"),
             );
         }
     }
@@ -400,6 +419,10 @@ mod tests {
             user_id: Some("6f1d1c1e-0000-4000-8000-000000000001"),
             organization_id: Some("org-1"),
             identified_by: Some("cookie"),
+            bytes_in: 17,
+            bytes_out: 2048,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            reason: None,
         }
     }
 
@@ -430,6 +453,10 @@ mod tests {
                 "user_id": "6f1d1c1e-0000-4000-8000-000000000001",
                 "organization_id": "org-1",
                 "identified_by": "cookie",
+                "bytes_in": 17,
+                "bytes_out": 2048,
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "reason": null,
                 "target": "chatgate::access",
             })
         );
@@ -451,8 +478,9 @@ mod tests {
             buf,
             "1970-01-01T00:00:00.000000Z  INFO chatgate::access: request_id=\"r-1\" peer=192.0.2.7 \
              method=POST path=\"/api/ask/\\\"quoted\\\"\\\\x\" version=HTTP/2.0 status=200 \
-             upstream=http://lc-1:3080 attempts=2 duration_ms=12.345 \
-             user_id=6f1d1c1e-0000-4000-8000-000000000001 organization_id=org-1 identified_by=cookie\n"
+             upstream=http://lc-1:3080 attempts=2 duration_ms=12.345 bytes_in=17 bytes_out=2048 \
+             user_id=6f1d1c1e-0000-4000-8000-000000000001 organization_id=org-1 identified_by=cookie \
+             trace_id=4bf92f3577b34da6a3ce929d0e0e4736 reason=\"-\"\n"
         );
     }
 

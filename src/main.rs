@@ -205,6 +205,9 @@ async fn run_check(config: &Config, path: &std::path::Path) -> ExitCode {
 
 async fn run_proxy(config: Config, path: PathBuf) -> ExitCode {
     let _flush_logs_at_exit = logging::init(&config.log);
+    if let Some(endpoint) = chatgate::trace::export::init_from_env() {
+        tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
+    }
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

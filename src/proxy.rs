@@ -32,7 +32,9 @@ use crate::body::{self, ProxyBody};
 use crate::context::{ConnInfo, RequestContext, RequestLine};
 use crate::error::ProxyError;
 use crate::identify::{self, user_switch};
+use crate::metrics::RouteClass;
 use crate::routes;
+use crate::trace::TRACEPARENT;
 use crate::usage;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -43,12 +45,22 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut ctx = RequestContext::new(conn, request.headers().get(&X_REQUEST_ID));
+    let mut ctx = RequestContext::new(
+        conn,
+        request.headers().get(&X_REQUEST_ID),
+        request.headers().get(&TRACEPARENT),
+    );
     let line = RequestLine::of(&request);
     let mut response = match phases(&app, &mut ctx, &line, request).await {
         Ok(response) => response,
         Err(error) => {
-            log::error(&ctx, &error);
+            let reason = log::error(&ctx, &error);
+            if error.status().is_server_error() {
+                ctx.failure = Some(reason);
+            }
+            if error.is_policy_refusal() {
+                app.metrics.record_policy_refusal(error.code());
+            }
             refusal(&app, &ctx, &line, error)
         }
     };
@@ -67,9 +79,10 @@ pub async fn handle(
         );
     }
     rewrite_response::finish_headers(&app, &ctx, headers);
-    app.metrics.record_response(response.status());
-    log::access(&ctx, &line, &response);
-    Ok(response)
+    let route = route_class(&ctx, &line, &response);
+    app.metrics
+        .record_response(route, response.status(), ctx.started.elapsed());
+    Ok(log::when_sent(ctx, line, response))
 }
 
 async fn phases(
@@ -80,9 +93,11 @@ async fn phases(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_request(app, request.headers())?;
     if let Some(response) = admin::route(app, request.method(), request.uri().path()).await {
+        ctx.route = Some(RouteClass::ChatgateOwn);
         return Ok(response);
     }
     if let Some(route) = routes::own_route(app, request.method(), request.uri().path()) {
+        ctx.route = Some(RouteClass::ChatgateOwn);
         return routes::answer(app, ctx, line, route, request).await;
     }
     let mut request = request;
@@ -98,11 +113,31 @@ async fn phases(
         upstream_request.path_and_query.path(),
         &mut upstream_request.headers,
     );
+    app.metrics.record_added_latency(ctx.started.elapsed());
     let response = forward::forward(app, ctx, upstream_request).await?;
     let response = usage::tap::wrap(metered, response);
     filter
         .apply(rewrite_response::rewrite(app, ctx, response))
         .await
+}
+
+/// The `route` label of a response (SPEC section 14).
+fn route_class<B>(ctx: &RequestContext, line: &RequestLine, response: &Response<B>) -> RouteClass {
+    if let Some(route) = ctx.route {
+        route
+    } else if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        RouteClass::WebSocket
+    } else if response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        RouteClass::Stream
+    } else if line.page_load {
+        RouteClass::Page
+    } else {
+        RouteClass::Api
+    }
 }
 
 /// The answer to a request chatgate refuses. An unauthenticated page load

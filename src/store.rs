@@ -87,6 +87,12 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     fn degraded(&self) -> bool {
         false
     }
+
+    /// Operations the store did not answer (or refused) since it was
+    /// opened; `/metrics` shows it.
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// Proof of holding a lock taken by [`Store::try_lock`]; hand it back to [`Store::unlock`].

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::SupabaseConfig;
 use crate::http_client::HttpClient;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Everything chatgate needs to authenticate a request against Supabase.
@@ -42,7 +43,12 @@ pub fn verifier_settings(config: &SupabaseConfig) -> verify::VerifierSettings {
 }
 
 impl Supabase {
-    pub fn new(config: &SupabaseConfig, http: HttpClient, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        config: &SupabaseConfig,
+        http: HttpClient,
+        store: Arc<dyn Store>,
+        metrics: &Metrics,
+    ) -> Self {
         let anon_key = config
             .anon_key
             .as_ref()
@@ -55,6 +61,7 @@ impl Supabase {
                 &config.url,
                 anon_key.clone(),
                 store.clone(),
+                metrics.refresh.clone(),
             ),
             tenants: tenant::TenantLookup::new(
                 http,
@@ -64,7 +71,8 @@ impl Supabase {
                 anon_key,
                 store,
                 config.tenant_cache_ttl,
-            ),
+            )
+            .with_counters(metrics.lookups.clone()),
             cookie_name: config.cookie_name.clone(),
             cookie_domain: config.cookie_domain.clone(),
         }

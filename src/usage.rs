@@ -27,7 +27,6 @@ pub mod spool;
 pub mod sse;
 pub mod tap;
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -259,34 +258,10 @@ impl Meter {
         }
     }
 
-    /// The `/metrics` families of usage metering.
-    pub fn render_metrics(&self, out: &mut String) {
-        let stats = &self.stats;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let families: [(&str, &str, &str, u64); 11] = [
-            ("chatgate_usage_batches_written_total", "counter", "Usage batches committed to Postgres.", load(&stats.batches_written)),
-            ("chatgate_usage_batches_replayed_total", "counter", "Usage batches found already committed (sent again after a lost commit).", load(&stats.batches_replayed)),
-            ("chatgate_usage_flush_failures_total", "counter", "Usage flushes that failed (Postgres unreachable or refusing).", load(&stats.flush_failures)),
-            ("chatgate_usage_records_spooled_total", "counter", "Counted records written to the usage spool.", load(&stats.records_spooled)),
-            ("chatgate_usage_records_dropped_total", "counter", "Counted records lost (spool full or unwritable).", load(&stats.records_dropped)),
-            ("chatgate_usage_replays_skipped_total", "counter", "Replayed usage events (resumed streams) not counted again.", load(&stats.replays_skipped)),
-            ("chatgate_usage_events_rejected_total", "counter", "Usage events rejected for impossible counts.", load(&stats.events_rejected)),
-            ("chatgate_usage_spool_bytes", "gauge", "Bytes held in the usage spool.", self.spool.bytes()),
-            ("chatgate_usage_spool_oldest_seconds", "gauge", "Age of the oldest record in the usage spool (0 = empty).", self.spool.oldest().and_then(|t| SystemTime::now().duration_since(t).ok()).map_or(0, |d| d.as_secs())),
-            ("chatgate_usage_drains_running", "gauge", "Streams read on after their client left, to count them.", load(&stats.drains_running)),
-            ("chatgate_usage_drains_refused_total", "counter", "Streams whose client left while the drain cap was reached (counted as far as seen).", load(&stats.drains_refused)),
-        ];
-        for (name, kind, help, value) in families {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP chatgate_usage_postgres_up Whether the last write or ping reached Postgres.\n# TYPE chatgate_usage_postgres_up gauge\nchatgate_usage_postgres_up {}",
-            u8::from(self.degraded().is_none())
-        );
+    /// The spool's size in bytes and when its oldest record was written
+    /// (`/metrics`, read by `crate::metrics`).
+    pub fn spool_state(&self) -> (u64, Option<SystemTime>) {
+        (self.spool.bytes(), self.spool.oldest())
     }
 }
 

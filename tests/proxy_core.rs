@@ -645,7 +645,7 @@ async fn admin_routes_answer_without_an_upstream() {
         .starts_with("text/plain"));
     let text = String::from_utf8_lossy(&body);
     assert!(
-        text.contains("chatgate_responses_total{class=\"2xx\"}"),
+        text.contains("chatgate_responses_total{class=\"2xx\",route="),
         "{text}"
     );
     assert!(

@@ -3,6 +3,7 @@
 //! response body streams back with an idle limit and no total limit; an
 //! `Upgrade` becomes a tunnel.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub async fn forward(
         ctx.upstream = Some(upstream.clone());
         // A request can be sent twice only if it has no body to lose.
         let may_retry = ctx.attempts == 1 && request.body.is_none() && app.pool.upstreams.len() > 1;
-        let outgoing = build(&upstream, &mut request, may_retry);
+        let outgoing = build(&upstream, &mut request, may_retry, &mut ctx.bytes_in);
         tracing::trace!(
             request_id = ctx.request_id_str(),
             upstream = %upstream.url,
@@ -137,6 +138,7 @@ fn build(
     upstream: &Upstream,
     request: &mut UpstreamRequest,
     keep_copy: bool,
+    bytes_in: &mut Option<Arc<AtomicU64>>,
 ) -> Request<ProxyBody> {
     let headers = if keep_copy {
         request.headers.clone()
@@ -144,7 +146,10 @@ fn build(
         std::mem::take(&mut request.headers)
     };
     let body = match request.body.take() {
-        Some(client_body) => client_body.into_upstream(BODY_IDLE_TIMEOUT),
+        Some(client_body) => {
+            let seen = bytes_in.get_or_insert_with(Arc::default).clone();
+            client_body.into_upstream(BODY_IDLE_TIMEOUT, seen)
+        }
         None => body::empty(),
     };
     let mut outgoing = Request::new(body);

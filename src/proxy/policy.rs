@@ -18,6 +18,7 @@ use crate::config::AuthMode;
 use crate::context::{ChatRequest, RequestContext};
 use crate::error::ProxyError;
 use crate::identity::Identity;
+use crate::metrics::RouteClass;
 use crate::policy::chat_body::ChatBody;
 use crate::policy::config::LibreChatConfig;
 use crate::policy::decide;
@@ -171,6 +172,7 @@ async fn check_chat(
     body: RequestBody,
     assistants: bool,
 ) -> Result<RequestBody, ProxyError> {
+    ctx.route = Some(RouteClass::Chat);
     let bytes = read(parts, body).await?;
     let chat = ChatBody::parse(&bytes).map_err(|bad| ProxyError::InvalidBody(bad.0))?;
     let specs = if config.restricts_chat() && decide::names_a_spec(&chat) {

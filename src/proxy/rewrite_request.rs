@@ -20,6 +20,7 @@ use crate::identify::handoff::without_params;
 use crate::identify::user_switch::CHATGATE_COOKIES;
 use crate::identity::Identity;
 use crate::supabase::cookie::strip_cookies;
+use crate::trace::TRACEPARENT;
 
 /// Everything `forward` needs to send (and, when safe, re-send) a request.
 #[derive(Debug)]
@@ -103,6 +104,8 @@ pub fn rewrite_head(
     let headers = &mut parts.headers;
     scrub_client_headers(headers, client);
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // LibreChat's spans join the caller's trace under chatgate's span.
+    headers.insert(TRACEPARENT.clone(), ctx.trace.header());
     set_identity_headers(headers, identity);
     if app.config.librechat.tenant_header {
         if let Some(id) = identity.organization().id_header() {

@@ -87,9 +87,9 @@ impl Running {
             }
         }
         let key = tls::load_certified_key(&config.tls).map_err(|e| e.to_string())?;
+        // Counters (App::reloaded carries them) and open tunnels belong to
+        // the process, not to one config.
         let mut app = App::reloaded(config, &old).await?;
-        // Counters and open tunnels belong to the process, not to one config.
-        app.metrics = old.metrics.clone();
         app.tunnels = old.tunnels.clone();
         // The meter (its spool and tasks) belongs to the process as well.
         app.usage = old.usage.clone();

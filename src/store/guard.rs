@@ -22,6 +22,8 @@ pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 pub struct Guarded {
     inner: Arc<dyn Store>,
     breaker: Arc<Breaker>,
+    /// Operations that failed (skipped ones not counted).
+    errors: AtomicU64,
 }
 
 impl Guarded {
@@ -29,6 +31,7 @@ impl Guarded {
         Self {
             inner,
             breaker: Arc::new(Breaker::new()),
+            errors: AtomicU64::new(0),
         }
     }
 
@@ -49,6 +52,7 @@ impl Guarded {
         Box::pin(async move {
             let result = future.await;
             if let Err(error) = &result {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 if error.is_unavailable() {
                     self.breaker.open(error);
                 }
@@ -122,6 +126,10 @@ impl Store for Guarded {
 
     fn degraded(&self) -> bool {
         !self.breaker.is_closed()
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::http_client::{self, HttpClient};
+use crate::metrics::RefreshCounters;
 use crate::store::Store;
 
 /// How long the outcome of a refresh is kept for other requests and replicas.
@@ -60,6 +61,7 @@ pub struct Refresher {
     store: Arc<dyn Store>,
     /// Single-flight and short memory on this replica, by token hash.
     recent: moka::future::Cache<String, Arc<RefreshOutcome>>,
+    counters: RefreshCounters,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -76,6 +78,7 @@ impl Refresher {
         supabase_url: &url::Url,
         anon_key: String,
         store: Arc<dyn Store>,
+        counters: RefreshCounters,
     ) -> Self {
         let token_url = format!(
             "{}/auth/v1/token?grant_type=refresh_token",
@@ -90,6 +93,7 @@ impl Refresher {
                 .max_capacity(100_000)
                 .time_to_live(RESULT_TTL)
                 .build(),
+            counters,
         }
     }
 
@@ -98,10 +102,20 @@ impl Refresher {
         refresh_token: &str,
     ) -> Result<Arc<RefreshOutcome>, RefreshUnavailable> {
         let hash = token_hash(refresh_token);
-        self.recent
-            .try_get_with(hash.clone(), self.coordinated(&hash, refresh_token))
+        let led = std::sync::atomic::AtomicBool::new(false);
+        let lead = async {
+            led.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.coordinated(&hash, refresh_token).await
+        };
+        let outcome = self
+            .recent
+            .try_get_with(hash.clone(), lead)
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone());
+        if !led.load(std::sync::atomic::Ordering::Relaxed) {
+            self.counters.joined.inc();
+        }
+        outcome
     }
 
     /// Across replicas: the lock holder calls Supabase; the others wait for
@@ -118,7 +132,11 @@ impl Refresher {
         let deadline = Instant::now() + WAIT_FOR_OTHERS;
         loop {
             match self.stored_outcome(&result_key).await {
-                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(Some(outcome)) => {
+                    // Another replica's refresh.
+                    self.counters.joined.inc();
+                    return Ok(outcome);
+                }
                 Ok(None) => {}
                 Err(()) => return self.call_supabase(token).await.map(Arc::new),
             }
@@ -170,6 +188,7 @@ impl Refresher {
 
     /// `POST /auth/v1/token?grant_type=refresh_token`, as supabase-js sends it.
     async fn call_supabase(&self, token: &str) -> Result<RefreshOutcome, RefreshUnavailable> {
+        self.counters.refreshes.inc();
         let body = serde_json::json!({ "refresh_token": token }).to_string();
         let bearer = format!("Bearer {}", self.anon_key);
         let answer = http_client::send(

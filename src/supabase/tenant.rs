@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::http_client::{self, HttpClient};
+use crate::metrics::{LookupCounters, LookupOutcome};
 use crate::policy::config::LibreChatConfig;
 use crate::store::Store;
 
@@ -143,6 +144,7 @@ struct Inner {
     loading: moka::future::Cache<String, Arc<CachedProfile>>,
     /// Users whose profile is being refreshed in the background.
     refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
+    counters: LookupCounters,
 }
 
 impl std::fmt::Debug for TenantLookup {
@@ -187,10 +189,19 @@ impl TenantLookup {
                 .time_to_live(ttl)
                 .build(),
             refreshing: std::sync::Mutex::new(std::collections::HashSet::new()),
+            counters: LookupCounters::detached(),
         };
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Counts lookups into `counters` (`/metrics`).
+    pub fn with_counters(mut self, counters: LookupCounters) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.counters = counters;
+        }
+        self
     }
 
     /// The profile of `user_id`, read with that user's `access_token`.
@@ -210,6 +221,7 @@ impl TenantLookup {
                 if age >= self.inner.ttl * 3 / 4 {
                     self.refresh_in_background(user_id, access_token);
                 }
+                self.inner.counters.record(LookupOutcome::Hit);
                 return Ok(entry.profile.clone());
             }
             return Box::pin(self.reload_or_stale(user_id, access_token, entry)).await;
@@ -217,9 +229,14 @@ impl TenantLookup {
         // A miss (once per user and TTL). Its future, with the cache's
         // single-flight and the store and PostgREST calls, is boxed: inline it
         // made every request's future 2.3 KiB larger.
-        Box::pin(self.inner.load_once(user_id, access_token, true))
+        let loaded = Box::pin(self.inner.load_once(user_id, access_token, true))
             .await
-            .map(|entry| entry.profile.clone())
+            .map(|entry| entry.profile.clone());
+        self.inner.counters.record(match loaded {
+            Ok(_) => LookupOutcome::Miss,
+            Err(_) => LookupOutcome::Error,
+        });
+        loaded
     }
 
     /// An expired profile: reloaded, or served as it was while PostgREST
@@ -232,6 +249,25 @@ impl TenantLookup {
     ) -> Result<Arc<Profile>, TenantError> {
         let usable = stale.fetched.elapsed() < self.inner.ttl * STALE_FACTOR;
         let reload = self.inner.load_once(user_id, access_token, true);
+        let answer = self
+            .stale_or_not(user_id, access_token, &stale, usable, reload)
+            .await;
+        self.inner.counters.record(match &answer {
+            Ok(profile) if Arc::ptr_eq(profile, &stale.profile) => LookupOutcome::Stale,
+            Ok(_) => LookupOutcome::Miss,
+            Err(_) => LookupOutcome::Error,
+        });
+        answer
+    }
+
+    async fn stale_or_not(
+        &self,
+        user_id: &str,
+        access_token: &str,
+        stale: &CachedProfile,
+        usable: bool,
+        reload: impl std::future::Future<Output = Result<Arc<CachedProfile>, TenantError>>,
+    ) -> Result<Arc<Profile>, TenantError> {
         match tokio::time::timeout(STALE_WAIT, reload).await {
             Ok(Ok(entry)) => Ok(entry.profile.clone()),
             Ok(Err(TenantError::Unavailable(reason))) if usable => {

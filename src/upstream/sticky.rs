@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Pool, Upstream};
+use crate::metrics::{PinCounters, PinOutcome};
 use crate::store::Store;
 
 /// The prefix of every pin's key; the Supabase user id follows.
@@ -62,6 +63,7 @@ pub struct StickyPins {
     ttl: Duration,
     /// User ids whose pin was renewed lately.
     renewed: moka::sync::Cache<String, ()>,
+    counters: PinCounters,
 }
 
 impl StickyPins {
@@ -73,7 +75,14 @@ impl StickyPins {
                 .max_capacity(RENEWED_CAPACITY)
                 .time_to_live(RENEW_INTERVAL)
                 .build(),
+            counters: PinCounters::detached(),
         }
+    }
+
+    /// Counts decisions into `counters` (`/metrics`).
+    pub fn with_counters(mut self, counters: PinCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     pub fn state(&self) -> PinState {
@@ -98,22 +107,26 @@ impl StickyPins {
             return None;
         }
         let key = key(user_id);
-        match self.store.get(&key).await {
+        let outcome = match self.store.get(&key).await {
             Ok(Some(pinned)) => {
                 if let Some(upstream) = pool.find(&pinned).filter(|u| usable(u)) {
                     if !upstream.draining && !self.renewed.contains_key(user_id) {
                         self.renewed.insert(user_id.to_owned(), ());
                         self.renew(key);
                     }
+                    self.counters.record(PinOutcome::Hit);
                     return Some(upstream.clone());
                 }
+                PinOutcome::Moved
             }
-            Ok(None) => {}
+            Ok(None) => PinOutcome::New,
             Err(error) => {
                 tracing::debug!(%error, "pin not read: rendezvous decides");
+                self.counters.record(PinOutcome::Fallback);
                 return pool.choose_new(user_id, failed).cloned();
             }
-        }
+        };
+        self.counters.record(outcome);
         let chosen = pool.choose_new(user_id, failed)?;
         // Every instance left is draining: serve, but give it no new pin.
         if !chosen.draining {
