@@ -35,6 +35,9 @@ pub struct SseParser {
     /// The current event's first `data` line failed [`SseParser::keep`]'s
     /// test: its data is not kept and it is not dispatched.
     event_ignored: bool,
+    /// The joined length of an ignored event's data (not kept, but capped
+    /// like kept data, so that `skipped` does not depend on `keep`).
+    ignored_len: usize,
     /// Whether an event whose first `data` line is this is worth keeping.
     keep: fn(&[u8]) -> bool,
     /// The current event's `event:` name; empty = "message".
@@ -83,6 +86,7 @@ impl SseParser {
         Self {
             cap,
             event_ignored: false,
+            ignored_len: 0,
             keep: |_| true,
             line: Vec::new(),
             line_overflow: false,
@@ -178,6 +182,7 @@ impl SseParser {
         self.line_overflow = false;
         self.event_overflow = false;
         self.event_ignored = false;
+        self.ignored_len = 0;
     }
 
     fn keep_partial(&mut self, bytes: &[u8]) {
@@ -214,24 +219,34 @@ impl SseParser {
         let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
             b"data" => {
-                if self.event_overflow || self.event_ignored {
+                if self.event_overflow {
                     return;
                 }
                 if !self.has_data && !(self.keep)(value) {
                     self.event_ignored = true;
-                    return;
                 }
+                // An ignored event is measured, not kept: over the cap it is
+                // skipped as it would have been whole.
+                let held = if self.event_ignored {
+                    self.ignored_len
+                } else {
+                    self.data.len()
+                };
                 let extra = usize::from(self.has_data) + value.len();
-                if self.data.len() + extra > self.cap {
+                if held + extra > self.cap {
                     self.event_overflow = true;
                     self.data = Vec::new();
                     return;
                 }
-                if self.has_data {
+                self.has_data = true;
+                if self.event_ignored {
+                    self.ignored_len += extra;
+                    return;
+                }
+                if extra > value.len() {
                     self.data.push(b'\n');
                 }
                 self.data.extend_from_slice(value);
-                self.has_data = true;
             }
             b"event" => {
                 self.name.clear();
@@ -249,7 +264,7 @@ impl SseParser {
     fn dispatch(&mut self, on_event: &mut dyn FnMut(SseEvent<'_>)) {
         if self.event_overflow {
             self.skipped += 1;
-        } else if self.has_data {
+        } else if self.has_data && !self.event_ignored {
             let name = if self.name.is_empty() {
                 &b"message"[..]
             } else {
@@ -269,6 +284,7 @@ impl SseParser {
         self.has_data = false;
         self.event_overflow = false;
         self.event_ignored = false;
+        self.ignored_len = 0;
     }
 }
 
@@ -324,6 +340,23 @@ mod tests {
         assert_eq!(seen, vec![("message".to_owned(), "ok".to_owned())]);
         assert_eq!(parser.skipped(), 2);
         assert!(parser.buffered() <= 16);
+    }
+
+    #[test]
+    fn an_event_held_back_by_keep_is_still_skipped_when_over_the_cap() {
+        // Found by the sse_usage fuzz target: data lines joined past the cap
+        // counted as a skip only when the event was kept.
+        let stream = b"data: drop-me\ndata: 0123456789\n\ndata: ok\n\n";
+        let keep: fn(&[u8]) -> bool = |line| !line.starts_with(b"drop");
+        for split in 0..=stream.len() {
+            let (a, b) = stream.split_at(split);
+            let mut all = SseParser::new(16);
+            let mut kept = SseParser::new(16).keeping(keep);
+            let want = vec![("message".to_owned(), "ok".to_owned())];
+            assert_eq!(events(&mut all, &[a, b]), want, "split at {split}");
+            assert_eq!(events(&mut kept, &[a, b]), want, "split at {split}");
+            assert_eq!((all.skipped(), kept.skipped()), (1, 1), "split at {split}");
+        }
     }
 
     #[test]
