@@ -232,7 +232,8 @@ impl SseParser {
                 } else {
                     self.data.len()
                 };
-                let extra = usize::from(self.has_data) + value.len();
+                let joined = self.has_data;
+                let extra = usize::from(joined) + value.len();
                 if held + extra > self.cap {
                     self.event_overflow = true;
                     self.data = Vec::new();
@@ -243,7 +244,7 @@ impl SseParser {
                     self.ignored_len += extra;
                     return;
                 }
-                if extra > value.len() {
+                if joined {
                     self.data.push(b'\n');
                 }
                 self.data.extend_from_slice(value);
