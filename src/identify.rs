@@ -38,7 +38,9 @@ pub async fn identify(
 ) -> Result<Identity, ProxyError> {
     if line.page_load && handoff::is_handoff(&line.uri) {
         ctx.identified_by = Some("handoff");
-        return Err(handoff::exchange(app, ctx, &line.uri).await);
+        // Boxed, as are the chatgate-session lookups below: rare next to a
+        // cookie, and their futures would enlarge every request's.
+        return Err(Box::pin(handoff::exchange(app, ctx, &line.uri)).await);
     }
     let session_id = handoff::session_id(headers).map(str::to_owned);
     let supabase = from_supabase_cookie(app, ctx, headers).await;
@@ -50,16 +52,16 @@ pub async fn identify(
         (Ok(identity), Some(id)) => {
             ctx.identified_by = Some("cookie");
             // The dashboard's user wins; a chatgate session of someone else ends.
-            if let Ok(Some(record)) = handoff::load(app, &id).await {
+            if let Ok(Some(record)) = Box::pin(handoff::load(app, &id)).await {
                 if record.claims.sub != identity.user_id() {
-                    handoff::end(app, &id).await;
+                    Box::pin(handoff::end(app, &id)).await;
                     ctx.set_cookies.push(handoff::clear_session_cookie());
                 }
             }
             Ok(identity)
         }
         (Err(error), Some(id)) if is_no_supabase_session(&error) => {
-            match handoff::load(app, &id).await {
+            match Box::pin(handoff::load(app, &id)).await {
                 Ok(Some(record)) => {
                     ctx.identified_by = Some("session");
                     Ok(from_session(record))

@@ -98,7 +98,9 @@ async fn phases(
     }
     if let Some(route) = routes::own_route(app, request.method(), request.uri().path()) {
         ctx.route = Some(RouteClass::ChatgateOwn);
-        return routes::answer(app, ctx, line, route, request).await;
+        // Boxed: chatgate's own routes are rare next to forwarded requests,
+        // and their futures would make every request's future larger.
+        return Box::pin(routes::answer(app, ctx, line, route, request)).await;
     }
     let mut request = request;
     let identity = identify::identify(app, ctx, line, request.headers()).await?;

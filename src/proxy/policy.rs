@@ -71,6 +71,18 @@ pub async fn apply(
     let Some(route) = route::classify(request.method(), request.uri().path()) else {
         return Ok((request.map(RequestBody::Streaming), ResponseFilter::None));
     };
+    // Boxed: reading and checking a body takes a 4.7 KiB future, which
+    // every request's future would otherwise carry (and hyper move twice).
+    Box::pin(apply_to(app, ctx, identity, request, route)).await
+}
+
+async fn apply_to(
+    app: &App,
+    ctx: &mut RequestContext,
+    identity: &Identity,
+    request: Request<Incoming>,
+    route: PolicyRoute,
+) -> Result<(Request<RequestBody>, ResponseFilter), ProxyError> {
     let organization = identity.organization();
     let config = organization.policy();
     let (mut parts, incoming) = request.into_parts();
@@ -296,41 +308,50 @@ impl ResponseFilter {
         let ResponseFilter::List(kind, config) = self else {
             return Ok(response);
         };
-        if response.status() != StatusCode::OK {
-            return Ok(response);
-        }
-        let encoded = response
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if encoded {
-            return Err(unreadable_list("it came compressed"));
-        }
-        let (mut parts, body) = response.into_parts();
-        let bytes = body::collect_limited(body, MAX_LIST)
-            .await
-            .map_err(|e| ProxyError::UpstreamFailed(Box::new(e)))?;
-        let mut list: Value =
-            serde_json::from_slice(&bytes).map_err(|_| unreadable_list("it is not JSON"))?;
-        match kind {
-            ListKind::Models => rules::filter_models(&config, &mut list),
-            ListKind::Endpoints => rules::filter_endpoints(&config, &mut list),
-            ListKind::McpTools | ListKind::McpServers => rules::filter_mcp(&config, &mut list),
-        }
-        let filtered = Bytes::from(list.to_string());
-        let headers = &mut parts.headers;
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
-        headers.remove(header::CONTENT_ENCODING);
-        headers.remove(header::TRANSFER_ENCODING);
-        // The instance's validators describe the unfiltered list.
-        headers.remove(header::ETAG);
-        headers.remove(header::LAST_MODIFIED);
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-cache"),
-        );
-        Ok(Response::from_parts(parts, body::full(filtered)))
+        // Boxed for the same reason as `apply_to`: only list answers read a body.
+        Box::pin(filter_list(kind, config, response)).await
     }
+}
+
+async fn filter_list(
+    kind: ListKind,
+    config: Box<LibreChatConfig>,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if response.status() != StatusCode::OK {
+        return Ok(response);
+    }
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(unreadable_list("it came compressed"));
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = body::collect_limited(body, MAX_LIST)
+        .await
+        .map_err(|e| ProxyError::UpstreamFailed(Box::new(e)))?;
+    let mut list: Value =
+        serde_json::from_slice(&bytes).map_err(|_| unreadable_list("it is not JSON"))?;
+    match kind {
+        ListKind::Models => rules::filter_models(&config, &mut list),
+        ListKind::Endpoints => rules::filter_endpoints(&config, &mut list),
+        ListKind::McpTools | ListKind::McpServers => rules::filter_mcp(&config, &mut list),
+    }
+    let filtered = Bytes::from(list.to_string());
+    let headers = &mut parts.headers;
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::TRANSFER_ENCODING);
+    // The instance's validators describe the unfiltered list.
+    headers.remove(header::ETAG);
+    headers.remove(header::LAST_MODIFIED);
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    Ok(Response::from_parts(parts, body::full(filtered)))
 }
 
 fn unreadable_list(why: &str) -> ProxyError {

@@ -3,6 +3,7 @@
 //! takes the TLS stream up again when the client speaks.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,6 +55,33 @@ struct Active(Arc<Activity>);
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response future whose body, once there, keeps the
+    /// request counted as under way.
+    struct Tracked<F> {
+        #[pin]
+        handled: F,
+        active: Option<Active>,
+    }
+}
+
+impl<F> Future for Tracked<F>
+where
+    F: Future<Output = Result<http::Response<ProxyBody>, Infallible>>,
+{
+    type Output = Result<http::Response<ActiveBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.handled.poll(cx));
+        let active = this.active.take().expect("polled after completion");
+        Poll::Ready(Ok(response.map(|body| ActiveBody {
+            body,
+            _active: active,
+        })))
     }
 }
 
@@ -186,13 +214,12 @@ impl Listeners {
                 let activity = activity.clone();
                 service_fn(move |request| {
                     let active = activity.begin();
+                    // Not an `async` block: one awaiting the captured
+                    // future would hold it twice over (hyper moves it, too).
                     let handled = proxy::handle(apps.load_full(), conn.clone(), request);
-                    async move {
-                        let response = handled.await?;
-                        Ok::<_, Infallible>(response.map(|body| ActiveBody {
-                            body,
-                            _active: active,
-                        }))
+                    Tracked {
+                        handled,
+                        active: Some(active),
                     }
                 })
             };
