@@ -51,6 +51,7 @@ pub mod calendar;
 pub mod check;
 pub mod config;
 pub mod context;
+pub mod cookies;
 pub mod error;
 pub mod http_client;
 pub mod identify;

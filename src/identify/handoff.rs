@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::context::RequestContext;
+use crate::cookies;
 use crate::error::ProxyError;
 use crate::librechat::token::{now, TokenClaims, TokenError};
 use crate::supabase::refresh::token_hash;
@@ -118,15 +119,9 @@ pub fn clear_session_cookie() -> String {
 
 /// The `chatgate_session` id the request carries, if any.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value)
+    cookies::find(headers, SESSION_COOKIE)
         .filter(|v| !v.is_empty())
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// The live session record for `id`: present, not expired, and not ended

@@ -8,6 +8,7 @@ use http::header;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::context::{RequestContext, RequestLine};
+use crate::cookies;
 use crate::error::ProxyError;
 use crate::identity::Identity;
 
@@ -19,8 +20,8 @@ const BIND_COOKIE: &str = "chatgate_bind";
 /// LibreChat's session cookies (REFERENCE.md), plus every `openid_*`.
 const LIBRECHAT_COOKIES: [&str; 3] = ["refreshToken", "token_provider", "connect.sid"];
 
-fn is_librechat_cookie(name: &str) -> bool {
-    LIBRECHAT_COOKIES.contains(&name) || name.starts_with("openid_")
+fn is_librechat_cookie(name: &[u8]) -> bool {
+    LIBRECHAT_COOKIES.iter().any(|c| c.as_bytes() == name) || name.starts_with(b"openid_")
 }
 
 /// Checks the binding; on a user change clears LibreChat's cookies and
@@ -34,17 +35,14 @@ pub fn check(
     headers: &mut HeaderMap,
 ) -> Result<(), ProxyError> {
     let bound_to = bind_value(identity.user_id());
-    let cookies = cookie_pairs(headers);
-    if cookies
-        .iter()
-        .any(|(n, v)| *n == BIND_COOKIE && *v == bound_to)
+    if cookies::all(headers)
+        .any(|p| p.has_value && p.name == BIND_COOKIE.as_bytes() && p.value == bound_to.as_bytes())
     {
         return Ok(());
     }
-    let stale: Vec<String> = cookies
-        .iter()
-        .filter(|(name, _)| is_librechat_cookie(name))
-        .map(|(name, _)| (*name).to_owned())
+    let stale: Vec<String> = cookies::all(headers)
+        .filter(|p| p.has_value && is_librechat_cookie(p.name))
+        .map(|p| String::from_utf8_lossy(p.name).into_owned())
         .collect();
     ctx.set_cookies.push(format!(
         "{BIND_COOKIE}={bound_to}; Path=/; HttpOnly; SameSite=Lax"
@@ -94,28 +92,20 @@ pub fn clear_all() -> Vec<String> {
 
 /// Removes LibreChat's cookies and its bearer (the old user's) from a request.
 fn strip_librechat_session(headers: &mut HeaderMap) {
-    let kept: Vec<String> = cookie_pairs(headers)
-        .into_iter()
-        .filter(|(name, _)| !is_librechat_cookie(name))
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect();
+    let mut kept = Vec::new();
+    for pair in cookies::all(headers).filter(|p| !(p.has_value && is_librechat_cookie(p.name))) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair.whole);
+    }
     headers.remove(header::COOKIE);
     headers.remove(header::AUTHORIZATION);
-    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-        if !kept.is_empty() {
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_bytes(&kept) {
             headers.insert(header::COOKIE, value);
         }
     }
-}
-
-fn cookie_pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .collect()
 }
 
 /// An opaque tag of the user: the first 128 bits of a SHA-256, in hex.

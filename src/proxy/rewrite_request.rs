@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::identify::handoff::without_params;
 use crate::identify::user_switch::CHATGATE_COOKIES;
 use crate::identity::Identity;
-use crate::supabase::cookie::strip_cookies;
+use crate::supabase::cookie::strip_cookies_into;
 use crate::trace::TRACEPARENT;
 
 /// Everything `forward` needs to send (and, when safe, re-send) a request.
@@ -227,15 +227,14 @@ fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
 /// may send one `Cookie` header per cookie; HTTP/1.1 upstreams get them
 /// joined into one (RFC 9113 section 8.2.3).
 fn strip_session_cookies(headers: &mut HeaderMap, session_cookie: &str) {
-    let mut kept = String::new();
+    let mut kept = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        if let Some(rest) = strip_cookies(text, session_cookie, CHATGATE_COOKIES) {
-            if !kept.is_empty() {
-                kept.push_str("; ");
-            }
-            kept.push_str(&rest);
-        }
+        strip_cookies_into(
+            value.as_bytes(),
+            session_cookie,
+            CHATGATE_COOKIES,
+            &mut kept,
+        );
     }
     headers.remove(header::COOKIE);
     if kept.is_empty() {

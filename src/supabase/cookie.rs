@@ -34,6 +34,8 @@ use base64::Engine as _;
 use percent_encoding::{percent_decode, percent_decode_str, utf8_percent_encode, AsciiSet};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::cookies;
+
 /// Largest URI-encoded length of one cookie (`MAX_CHUNK_SIZE` in `chunker.js`).
 pub const MAX_CHUNK_SIZE: usize = 3180;
 
@@ -256,13 +258,7 @@ pub fn find_session_cookie<'a>(
 ) -> Option<SessionCookie<'a>> {
     let mut chunks: Vec<Chunk<'a>> = Vec::new();
     for header in cookie_headers {
-        // The header is mostly one long base64 value: `str`'s search finds
-        // the `;` a word at a time; a (rare) non-UTF-8 header is cut byte by
-        // byte. Same pieces either way.
-        match std::str::from_utf8(header) {
-            Ok(text) => collect_chunks(text.split(';').map(str::as_bytes), name, &mut chunks),
-            Err(_) => collect_chunks(header.split(|&b| b == b';'), name, &mut chunks),
-        }
+        collect_chunks(cookies::pairs(header), name, &mut chunks);
     }
     (!chunks.is_empty()).then_some(SessionCookie { chunks })
 }
@@ -270,16 +266,15 @@ pub fn find_session_cookie<'a>(
 /// Adds the `name`/`name.N` pairs among `pairs` to `chunks` (first of each
 /// index wins, at most [`MAX_CHUNK_COOKIES`]).
 fn collect_chunks<'a>(
-    pairs: impl Iterator<Item = &'a [u8]>,
+    pairs: impl Iterator<Item = cookies::Pair<'a>>,
     name: &str,
     chunks: &mut Vec<Chunk<'a>>,
 ) {
     for pair in pairs {
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+        if !pair.has_value {
             continue;
-        };
-        let pair_name = trim_cookie_ws(&pair[..eq]);
-        let Some(index) = chunk_index(pair_name, name.as_bytes()) else {
+        }
+        let Some(index) = chunk_index(pair.name, name.as_bytes()) else {
             continue;
         };
         if chunks.iter().any(|c| c.index == index) {
@@ -289,9 +284,9 @@ fn collect_chunks<'a>(
             break;
         }
         chunks.push(Chunk {
-            name: pair_name,
+            name: pair.name,
             index,
-            value: trim_cookie_ws(&pair[eq + 1..]),
+            value: pair.value,
         });
     }
 }
@@ -450,15 +445,6 @@ impl SessionCookie<'_> {
             .map(|c| String::from_utf8_lossy(c.name).into_owned())
             .collect()
     }
-}
-
-/// Spaces and tabs around names and values are not part of them (`cookie`
-/// package's `parse`).
-fn trim_cookie_ws(s: &[u8]) -> &[u8] {
-    let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = s.iter().position(|b| !is_ws(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
-    &s[start..end]
 }
 
 /// `Some` when `cookie_name` is `key` or `key.N` with N written as
@@ -650,27 +636,32 @@ fn set_cookie(name: &str, value: &str, max_age: u64, domain: Option<&str>) -> St
 /// `<session_name>-code-verifier` (the PKCE verifier), are kept as sent. Call
 /// it once per `Cookie` header (or on the headers joined with `"; "`).
 pub fn strip_cookies(cookie_header: &str, session_name: &str, extra: &[&str]) -> Option<String> {
-    // Grown as needed: what is kept (LibreChat's cookies) is usually a small
-    // part of a header the session's chunks make kilobytes long.
-    let mut out = String::new();
-    for pair in cookie_header.split(';') {
-        let pair = pair.trim_matches([' ', '\t']);
-        if pair.is_empty() {
-            continue;
-        }
-        let name = pair
-            .split_once('=')
-            .map_or(pair, |(n, _)| n)
-            .trim_matches([' ', '\t']);
-        if is_chunk_like(name, session_name) || extra.contains(&name) {
+    let mut out = Vec::new();
+    strip_cookies_into(cookie_header.as_bytes(), session_name, extra, &mut out);
+    // Only whole pairs of a `str` were copied, each cut at ASCII bytes.
+    (!out.is_empty()).then(|| String::from_utf8(out).unwrap_or_default())
+}
+
+/// [`strip_cookies`] over a header's bytes, appending what is kept to `out`
+/// (pairs joined with `"; "`, also to what `out` already holds).
+pub fn strip_cookies_into(
+    cookie_header: &[u8],
+    session_name: &str,
+    extra: &[&str],
+    out: &mut Vec<u8>,
+) {
+    for pair in cookies::pairs(cookie_header) {
+        let name = pair.name;
+        if chunk_index(name, session_name.as_bytes()).is_some()
+            || extra.iter().any(|e| e.as_bytes() == name)
+        {
             continue;
         }
         if !out.is_empty() {
-            out.push_str("; ");
+            out.extend_from_slice(b"; ");
         }
-        out.push_str(pair);
+        out.extend_from_slice(pair.whole);
     }
-    (!out.is_empty()).then_some(out)
 }
 
 #[cfg(test)]
