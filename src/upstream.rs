@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::Uri;
+use http::{HeaderValue, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -41,6 +41,9 @@ pub struct Upstream {
     pub url: Url,
     scheme: Scheme,
     authority: Authority,
+    /// The `Host` LibreChat receives, made once: what hyper-util's client
+    /// would format for every request (the host, and the port unless 80).
+    host: HeaderValue,
     /// One connection pool per thread: each serving thread runs its own
     /// runtime, and a connection stays with the thread that opened it.
     clients: thread_local::ThreadLocal<UpstreamClient>,
@@ -100,10 +103,17 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| format!("librechat.upstreams: {url}: no host"))?;
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let host =
+            HeaderValue::from_str(&host).map_err(|e| format!("librechat.upstreams: {url}: {e}"))?;
         Ok(Self {
             url,
             scheme,
             authority,
+            host,
             clients: thread_local::ThreadLocal::new(),
             draining,
             health: AtomicU8::new(Health::Unknown as u8),
@@ -146,6 +156,11 @@ impl Upstream {
 
     /// This thread's client for the instance, which opens at most this
     /// thread's share of `max_connections_per_instance` connections.
+    /// The `Host` header for requests to this instance.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
+    }
+
     pub fn client(&self) -> &UpstreamClient {
         self.clients.get_or(|| build_client(self.thread_share()))
     }
@@ -425,6 +440,18 @@ mod tests {
         drop(busy);
         pool.upstreams[0].record_failure(true);
         assert!(pool.least_loaded(None).is_none());
+    }
+
+    #[test]
+    fn the_host_header_is_what_the_client_would_write() {
+        let host = |url: &str| {
+            let upstream = Upstream::new(url.parse().unwrap(), false).unwrap();
+            upstream.host_header().to_str().unwrap().to_owned()
+        };
+        assert_eq!(host("http://127.0.0.1:3080"), "127.0.0.1:3080");
+        assert_eq!(host("http://librechat"), "librechat");
+        assert_eq!(host("http://librechat:80/"), "librechat");
+        assert_eq!(host("http://[::1]:3080"), "[::1]:3080");
     }
 
     fn pool_of(n: usize) -> Pool {
