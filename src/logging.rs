@@ -392,7 +392,8 @@ fn push_u64(buf: &mut String, n: u64) {
     buf.push_str(itoa::Buffer::new().format(n));
 }
 
-fn push_ip(buf: &mut String, ip: IpAddr) {
+/// `ip` as `Display` writes it; an IPv4 address without the formatting machinery.
+pub fn push_ip(buf: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {

@@ -150,16 +150,24 @@ pub fn scrub_client_headers(headers: &mut HeaderMap, client: ClientSide<'_>) {
         .upgrading
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    remove_hop_by_hop(headers);
+    // One pass over the names finds what goes: hop-by-hop headers, `Host`
+    // (hyper writes the upstream's), the reserved identity prefixes, a
+    // client's own `X-Tenant-Id` (only chatgate names the tenant), and
+    // forwarding headers an untrusted peer sent.
+    remove_named_by_connection(headers);
+    let trusted = client.trusted;
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || is_client_forbidden(name, trusted))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
     if let Some(protocol) = upgrade_protocol {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    // The upstream's own authority goes in the URI; hyper writes `Host` from it.
-    headers.remove(header::HOST);
-    remove_prefixed(headers, &RESERVED_PREFIXES);
-    // Only chatgate names the tenant; a client's own never survives.
-    headers.remove(&X_TENANT_ID);
     set_forwarding_headers(
         headers,
         client.trusted,
@@ -192,7 +200,20 @@ fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
 }
 
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
+    remove_named_by_connection(headers);
+    // Most heads carry none: one pass over the names, no lookup per name.
+    if headers.keys().any(is_hop_by_hop) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Headers named in `Connection` are hop-by-hop too.
+fn remove_named_by_connection(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -200,9 +221,25 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // The lengths of the names in HOP_BY_HOP: most names are ruled out here.
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
+}
+
+/// What a client may not send LibreChat: `Host`, the reserved prefixes,
+/// `X-Tenant-Id`, and, from an untrusted peer, forwarding headers.
+fn is_client_forbidden(name: &HeaderName, trusted: bool) -> bool {
+    let text = name.as_str();
+    name == header::HOST
+        || RESERVED_PREFIXES.iter().any(|p| text.starts_with(p))
+        || *name == X_TENANT_ID
+        || (!trusted
+            && (text.starts_with("x-forwarded-") || *name == FORWARDED || *name == X_REAL_IP))
 }
 
 /// SPEC section 8: who the user is, said by chatgate alone (client-sent
@@ -246,17 +283,6 @@ fn strip_session_cookies(headers: &mut HeaderMap, session_cookie: &str) {
     }
 }
 
-fn remove_prefixed(headers: &mut HeaderMap, prefixes: &[&str]) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| prefixes.iter().any(|p| name.as_str().starts_with(p)))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
-}
-
 fn is_trusted(app: &App, peer: IpAddr) -> bool {
     let peer = canonical(peer);
     app.config
@@ -281,7 +307,9 @@ fn set_forwarding_headers(
     tls: bool,
     host: Option<HeaderValue>,
 ) {
-    let peer = canonical(peer).to_string();
+    let mut text = String::with_capacity(15);
+    crate::logging::push_ip(&mut text, canonical(peer));
+    let peer = text;
     if trusted {
         // Append the peer to the chain the trusted proxy sent.
         let mut chain = BytesMut::new();
@@ -299,16 +327,7 @@ fn set_forwarding_headers(
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     } else {
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("x-forwarded-"))
-            .cloned()
-            .collect();
-        for name in doomed {
-            headers.remove(name);
-        }
-        headers.remove(&FORWARDED);
-        headers.remove(&X_REAL_IP);
+        // The peer's own forwarding headers are already gone (`scrub_client_headers`).
         if let Ok(value) = HeaderValue::from_str(&peer) {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
@@ -386,8 +405,22 @@ mod tests {
         headers.append("X-Organization-Id", HeaderValue::from_static("evil"));
         headers.append("x-organization-id", HeaderValue::from_static("evil2"));
         headers.append("x-useragent-ish", HeaderValue::from_static("kept"));
-        remove_prefixed(&mut headers, &RESERVED_PREFIXES);
-        assert_eq!(headers.len(), 1);
+        scrub_client_headers(&mut headers, untrusted_client());
+        assert!(headers.contains_key("x-useragent-ish"));
+        for name in ["x-chatgate-user-id", "x-user-email", "x-organization-id"] {
+            assert!(!headers.contains_key(name), "{name}");
+        }
+    }
+
+    fn untrusted_client() -> ClientSide<'static> {
+        ClientSide {
+            peer: "::ffff:10.0.0.5".parse().unwrap(),
+            trusted: false,
+            tls: true,
+            host: Some(HeaderValue::from_static("chat.example.com")),
+            upgrading: false,
+            session_cookie: "sb-x-auth-token",
+        }
     }
 
     #[test]
@@ -398,14 +431,7 @@ mod tests {
         headers.insert("x-forwarded-port", HeaderValue::from_static("1"));
         headers.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         headers.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
-        let peer: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
-        set_forwarding_headers(
-            &mut headers,
-            false,
-            peer,
-            true,
-            Some(HeaderValue::from_static("chat.example.com")),
-        );
+        scrub_client_headers(&mut headers, untrusted_client());
         assert_eq!(headers["x-forwarded-for"], "10.0.0.5");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "chat.example.com");
