@@ -65,7 +65,12 @@ pub async fn handle(
         }
     };
     let headers = response.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // Sensitive: a value no other response repeats is never put in an
+    // HTTP/2 client's HPACK table, where each new one would be compared
+    // against the ids before it and push out entries worth keeping.
+    let mut request_id = ctx.request_id.clone();
+    request_id.set_sensitive(true);
+    headers.insert(X_REQUEST_ID.clone(), request_id);
     if !ctx.set_cookies.is_empty() {
         // A response that writes a session must never be cached (SPEC section 6).
         for cookie in ctx.set_cookies.drain(..) {
