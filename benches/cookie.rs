@@ -3,7 +3,8 @@
 //! (percent-decoding, base64url, JSON), for a session in one cookie and one
 //! split over three — whole (`decode`, with the `user` object) and tokens
 //! only (`decode_tokens`, what each request runs); and taking the session
-//! cookies out of the `Cookie` header LibreChat receives.
+//! cookies out of the `Cookie` header LibreChat receives; and looking for a
+//! cookie that is not there (`find_absent`, the `chatgate_session` look).
 //!
 //! `cargo bench --bench cookie`.
 //!
@@ -124,6 +125,16 @@ fn cookie(c: &mut Criterion) {
                     .decode_tokens_recent()
                     .expect("decodes")
             })
+        });
+        // The per-request look for `chatgate_session`, absent: the whole header walked.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&header).expect("a header value"),
+        );
+        assert!(chatgate::cookies::find(&headers, "chatgate_session").is_none());
+        group.bench_function(format!("find_absent_{label}"), |b| {
+            b.iter(|| chatgate::cookies::find(&headers, "chatgate_session"))
         });
         group.bench_function(format!("strip_{label}"), |b| {
             b.iter(|| strip_cookies(&header, NAME, &["chatgate_session"]).expect("kept"))
