@@ -69,6 +69,10 @@ pub enum ReadBodyError {
     Failed(String),
 }
 
+/// How long a client may take to send a body chatgate reads whole (a
+/// policed chat or agent body, a body for chatgate's own routes).
+pub const READ_WHOLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reads a client's body whole, refusing it once it passes `limit` bytes
 /// (nothing beyond the limit is buffered), within `timeout`. A refused
 /// body is read on and dropped in the background (see [`discard`]).

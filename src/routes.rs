@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
@@ -440,11 +439,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, ProxyError> {
-    Limited::new(body, MAX_BODY)
-        .collect()
+    // Within a time limit: a client that stalls its body must not hold a
+    // connection and this request open for ever.
+    body::read_whole(body, MAX_BODY, body::READ_WHOLE_TIMEOUT)
         .await
-        .map(|c| c.to_bytes())
-        .map_err(|_| ProxyError::BadRequest("the request body is too large or broken"))
+        .map_err(|_| ProxyError::BadRequest("the request body is too large, broken or too slow"))
 }
 
 pub fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {

@@ -28,7 +28,7 @@ use crate::policy::rules::{self, Refusal};
 /// The largest chat or agent body chatgate reads (SPEC 10).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// How long a client may take to send a body chatgate must read.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_TIMEOUT: Duration = body::READ_WHOLE_TIMEOUT;
 /// The largest list answer chatgate filters.
 const MAX_LIST: usize = 8 * 1024 * 1024;
 
