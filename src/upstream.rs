@@ -9,6 +9,7 @@
 //! every instance the active checks pass is used (Envoy's "panic" routing),
 //! so a burst of errors caused by load does not become an outage.
 
+mod client;
 pub mod health;
 mod limit;
 pub mod select;
@@ -20,17 +21,12 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use url::Url;
-
-use crate::body::ProxyBody;
 
 /// SPEC section 8: connecting to an upstream gives up after 3 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub type UpstreamClient = Client<limit::LimitedConnector, ProxyBody>;
+pub use self::client::{SendError, UpstreamClient};
 
 pub use self::limit::is_own_limit;
 
@@ -162,7 +158,14 @@ impl Upstream {
     }
 
     pub fn client(&self) -> &UpstreamClient {
-        self.clients.get_or(|| build_client(self.thread_share()))
+        self.clients.get_or(|| {
+            UpstreamClient::new(
+                &self.authority,
+                self.host.clone(),
+                self.thread_share(),
+                CONNECT_TIMEOUT,
+            )
+        })
     }
 
     /// This thread's share of `max_connections_per_instance`.
@@ -294,18 +297,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn build_client(max_connections: usize) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    let connector = limit::LimitedConnector::new(connector, max_connections, CONNECT_TIMEOUT);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_connections)
-        .build(connector)
 }
 
 /// All configured instances.

@@ -157,11 +157,6 @@ fn build(
     *outgoing.uri_mut() = upstream.uri_for(request.path_and_query.clone());
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
-    // Set here from the instance's own copy; hyper-util's client would
-    // format the same value anew for every request.
-    outgoing
-        .headers_mut()
-        .insert(http::header::HOST, upstream.host_header().clone());
     outgoing
 }
 
