@@ -101,7 +101,25 @@ impl<T> FramedRead<T> {
     pub fn set_header_table_size(&mut self, val: usize) {
         self.decoder.set_header_table_size(val);
     }
+
+    /// Frees the read buffer and HPACK's scratch buffer if they hold no
+    /// bytes (chatgate's patch: an idle connection keeps neither); the read
+    /// buffer is taken again, at its usual size, before the next read.
+    pub fn release_idle_buffers(&mut self) {
+        if self.decoder.partial.is_some() {
+            return;
+        }
+        let read = self.inner.read_buffer_mut();
+        if read.is_empty() && read.capacity() != 0 {
+            *read = BytesMut::new();
+        }
+        self.decoder.hpack.release_idle_buffer();
+    }
 }
+
+/// The read buffer's size when it is taken again after a release: tokio-util's
+/// initial capacity.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 fn calc_max_continuation_frames(header_max: usize, frame_max: usize) -> usize {
     // At least this many frames needed to use max header list size
@@ -419,6 +437,11 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        // Released by `release_idle_buffers`: without this, tokio-util would
+        // grow it from nothing, a few bytes per read.
+        if self.inner.read_buffer().capacity() == 0 {
+            self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+        }
         loop {
             tracing::trace!("poll");
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {

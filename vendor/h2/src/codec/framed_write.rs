@@ -176,6 +176,11 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// Frees the write buffer if nothing is waiting in it.
+    pub fn release_idle_buffer(&mut self) {
+        self.encoder.release_idle_buffer();
+    }
+
     /// Close the codec
     pub fn shutdown(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         if !self.final_flush_done {
@@ -223,6 +228,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // Released by `release_idle_buffer`: allocated again on first use.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +316,24 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (capacity 0) is empty and is taken again, at
+        // its full size, by `buffer`.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
+    }
+
+    /// Frees the write buffer if nothing is waiting in it (chatgate's
+    /// patch: an idle connection keeps no 16 KiB buffer).
+    fn release_idle_buffer(&mut self) {
+        if self.next.is_none()
+            && self.last_data_frame.is_none()
+            && !self.buf.has_remaining()
+            && self.buf.get_ref().capacity() != 0
+        {
+            self.buf = Cursor::new(BytesMut::new());
+        }
     }
 
     fn is_empty(&self) -> bool {

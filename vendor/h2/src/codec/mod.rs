@@ -56,6 +56,13 @@ where
 
         Codec { inner }
     }
+
+    /// Frees the read and write buffers if they hold no bytes (chatgate's
+    /// patch, for idle connections); they are taken again when needed.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
+    }
 }
 
 impl<T, B> Codec<T, B> {

@@ -149,6 +149,9 @@ struct StringMarker {
     string: Option<Bytes>,
 }
 
+/// The scratch buffer's size for Huffman-decoded strings.
+const SCRATCH_CAPACITY: usize = 4096;
+
 // ===== impl Decoder =====
 
 impl Decoder {
@@ -158,7 +161,15 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::with_capacity(SCRATCH_CAPACITY),
+        }
+    }
+
+    /// Frees the scratch buffer of Huffman-decoded strings if it holds
+    /// none (chatgate's patch); `huffman::decode` reserves what it needs.
+    pub fn release_idle_buffer(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() != 0 {
+            self.buffer = BytesMut::new();
         }
     }
 
@@ -185,6 +196,11 @@ impl Decoder {
         use self::Representation::*;
 
         let mut can_resize = true;
+
+        // Released by `release_idle_buffer`: taken again at its usual size.
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(SCRATCH_CAPACITY);
+        }
 
         if let Some(size) = self.max_size_update.take() {
             self.last_max_update = size;
@@ -214,8 +230,10 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table, with bytes of its
+                    // own (chatgate's patch): a value that is a slice of
+                    // the connection's read buffer would keep all of it.
+                    self.table.insert(entry.unshared());
                     consume(src);
 
                     if f(entry).is_break() {

@@ -102,6 +102,17 @@ impl Header {
         }
     }
 
+    /// The same header, its pseudo-header value copied out of whatever
+    /// buffer it is a slice of (regular values are copies already).
+    pub fn unshared(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {

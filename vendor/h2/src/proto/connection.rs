@@ -332,6 +332,12 @@ where
                                 continue;
                             }
 
+                            // chatgate's patch: an idle connection keeps no
+                            // empty buffers (28 KiB) while it waits.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
+                            }
+
                             return Poll::Pending;
                         }
                     };
