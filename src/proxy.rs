@@ -117,7 +117,7 @@ async fn phases(
     let response = forward::forward(app, ctx, upstream_request).await?;
     let response = usage::tap::wrap(metered, response);
     filter
-        .apply(rewrite_response::rewrite(app, line.version, response))
+        .apply(rewrite_response::rewrite(app, ctx, response))
         .await
 }
 

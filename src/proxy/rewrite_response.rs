@@ -4,9 +4,8 @@
 //! (`X-Frame-Options`, helmet's default since 0.8.8) gives way to a CSP
 //! `frame-ancestors` naming exactly the dashboard origins.
 
-use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::rewrite_request::remove_hop_by_hop;
 use crate::app::App;
@@ -16,10 +15,9 @@ use crate::context::RequestContext;
 static X_FRAME_OPTIONS: HeaderName = HeaderName::from_static("x-frame-options");
 static HSTS_VALUE: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
-/// `version`: the client's request's (HTTP/2 gets the values copied).
 pub fn rewrite(
     app: &App,
-    version: Version,
+    _ctx: &RequestContext,
     mut response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -41,32 +39,7 @@ pub fn rewrite(
             app.frame_ancestors_header.clone(),
         );
     }
-    if version == Version::HTTP_2 {
-        unshare_values(headers);
-    }
     response
-}
-
-/// Gives the header values one allocation of their own. The upstream's
-/// values are slices of its connection's read buffer (8 KiB or more), and
-/// HTTP/2's HPACK encoder keeps the values it indexes for as long as the
-/// client's connection lives: without the copy, every idle HTTP/2
-/// connection would hold a read buffer of some upstream connection
-/// (issue 15: 8 KB of the 40 KB an idle HTTP/2 connection cost).
-fn unshare_values(headers: &mut HeaderMap) {
-    let total: usize = headers.values().map(|v| v.len()).sum();
-    let mut copy = BytesMut::with_capacity(total);
-    for value in headers.values() {
-        copy.extend_from_slice(value.as_bytes());
-    }
-    let mut copy: Bytes = copy.freeze();
-    for value in headers.values_mut() {
-        let own = copy.split_to(value.len());
-        if let Ok(mut own) = HeaderValue::from_maybe_shared(own) {
-            own.set_sensitive(value.is_sensitive());
-            *value = own;
-        }
-    }
 }
 
 /// Keeps every directive of the upstream's CSP but its `frame-ancestors`,

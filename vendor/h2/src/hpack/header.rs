@@ -102,8 +102,21 @@ impl Header {
         }
     }
 
+    /// The same header, a regular header's value copied into bytes of its
+    /// own (chatgate's patch, for the encoder's table).
+    pub fn with_own_value(self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                let own = HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value);
+                Header::Field { name, value: own }
+            }
+            other => other,
+        }
+    }
+
     /// The same header, its pseudo-header value copied out of whatever
-    /// buffer it is a slice of (regular values are copies already).
+    /// buffer it is a slice of (regular values are copies already; chatgate's
+    /// patch, for the decoder's table).
     pub fn unshared(&self) -> Header {
         match self {
             Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),

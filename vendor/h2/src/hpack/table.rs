@@ -339,7 +339,11 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // chatgate's patch: the table keeps its values for the life of
+            // the connection; one that is a slice of a larger buffer (a
+            // proxied response's header, cut from the upstream connection's
+            // read buffer) would keep all of that buffer.
+            header: header.with_own_value(),
             next: None,
         });
     }
