@@ -394,7 +394,7 @@ fi
 # Measurements. Each appends one value per round to results[key].
 declare -A results
 add() { results[$1]="${results[$1]:-} $2"; }
-median() { tr ' ' '\n' <<<"${results[$1]:-}" | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+median() { tr ' ' '\n' <<<"${results[$1]:-}" | awk 'NF' | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 field() { sed -n "s/.*[ ^]$1=\\([^ ]*\\).*/\\1/p" <<<" $2" | head -1; }
 
 cat >"$work/report.lua" <<'EOF'
@@ -676,8 +676,8 @@ m_tput_off=$(median meter_tput_off) m_tput_on=$(median meter_tput_on)
 m_chat_off=$(median meter_chat_p50_off) m_chat_on=$(median meter_chat_p50_on)
 m_sse_add=$(minus "$m_sse_on" "$m_sse_off") m_chat_add=$(minus "$m_chat_on" "$m_chat_off")
 m_tput_r=$(ratio "$m_tput_on" "$m_tput_off")
-storm_calls=$(echo ${results[storm_calls]})
-storm_failed=$(echo ${results[storm_failed]})
+storm_calls=$(echo ${results[storm_calls]:-})
+storm_failed=$(echo ${results[storm_failed]:-})
 storm_max_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | tail -1)
 storm_min_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | head -1)
 storm_max_failed=$(tr ' ' '\n' <<<"$storm_failed" | sort -n | tail -1)
@@ -734,15 +734,15 @@ report="bench-results/$stamp.md"
   echo "Written by the metering replica (sanity): usage_metrics $usage_rows row(s), $usage_messages messages" \
     "(chat POSTs wrk saw answered 2xx through it: $meter_posts; wrk leaves out the one in flight as a run ends), $usage_tokens tokens (expected $((meter_streams * 500)):" \
     "$meter_streams streams × 4 on_token_usage events × 125), cost_usd $usage_cost; chat_sessions $usage_sessions row(s)."
-  echo "Metering errors, all rounds (must be 0): relay streams failed off/on$(echo ${results[meter_tput_bad_off]}) /$(echo ${results[meter_tput_bad_on]});" \
-    "chat POST errors+non-2xx off/on$(echo ${results[meter_chat_bad_off]}) /$(echo ${results[meter_chat_bad_on]})."
+  echo "Metering errors, all rounds (must be 0): relay streams failed off/on$(echo ${results[meter_tput_bad_off]:-}) /$(echo ${results[meter_tput_bad_on]:-});" \
+    "chat POST errors+non-2xx off/on$(echo ${results[meter_chat_bad_off]:-}) /$(echo ${results[meter_chat_bad_on]:-})."
   echo
   echo "Connections still open at the end of the idle hold: HTTP/1.1 nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate); HTTP/2 nginx $(median idle2_alive_nginx), chatgate $(median idle2_alive_chatgate)."
   echo "Errors and non-2xx answers, all rounds (must be 0):" \
-    "h1 direct/nginx/haproxy/chatgate$(echo ${results[h1_bad_direct]}) /$(echo ${results[h1_bad_nginx]}) /$(echo ${results[h1_bad_haproxy]}) /$(echo ${results[h1_bad_chatgate]});" \
-    "1-conn$(echo ${results[c1_bad_direct]}) /$(echo ${results[c1_bad_nginx]}) /$(echo ${results[c1_bad_haproxy]}) /$(echo ${results[c1_bad_chatgate]});" \
-    "h2 nginx/haproxy/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_haproxy]}) /$(echo ${results[h2_bad_chatgate]});" \
-    "policy chat open/restrictive$(echo ${results[chat_open_bad]}) /$(echo ${results[chat_policy_bad]})."
+    "h1 direct/nginx/haproxy/chatgate$(echo ${results[h1_bad_direct]:-}) /$(echo ${results[h1_bad_nginx]:-}) /$(echo ${results[h1_bad_haproxy]:-}) /$(echo ${results[h1_bad_chatgate]:-});" \
+    "1-conn$(echo ${results[c1_bad_direct]:-}) /$(echo ${results[c1_bad_nginx]:-}) /$(echo ${results[c1_bad_haproxy]:-}) /$(echo ${results[c1_bad_chatgate]:-});" \
+    "h2 nginx/haproxy/chatgate$(echo ${results[h2_bad_nginx]:-}) /$(echo ${results[h2_bad_haproxy]:-}) /$(echo ${results[h2_bad_chatgate]:-});" \
+    "policy chat open/restrictive$(echo ${results[chat_open_bad]:-}) /$(echo ${results[chat_policy_bad]:-})."
   echo
   echo "Per round (in run order):"
   echo
