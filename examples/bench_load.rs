@@ -23,8 +23,10 @@
 //! bench_load get --url URL [--cookie C] [--print-body 1]
 //!                                            one GET: prints the status (and the body)
 //! bench_load idle --target HOST:PORT [--cookie C] [--n 10000] [--hold-secs S] [--requests R]
-//!                                            opens N TLS keep-alive connections, R requests
-//!                                            (1) on each, and holds them for S seconds
+//!                [--http2 1]                 opens N TLS keep-alive connections, R requests
+//!                                            (1) on each, and holds them for S seconds;
+//!                                            with --http2 1 the connections are HTTP/2
+//!                                            (ALPN h2 only; fails if the server picks other)
 //! ```
 //!
 //! Results are single lines (`SSE_RESULT k=v …`) that the script parses. The
@@ -43,9 +45,10 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1 as client_http1;
+use hyper::client::conn::http2 as client_http2;
 use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
@@ -81,7 +84,7 @@ async fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_load ports N | sse-upstream --port P | sse --url URL [--cookie C] [--stream-id ID] | sse-throughput --url URL [--streams S] [--events N] | storm --target A --target B --cookie C | get --url URL [--cookie C] | idle --target A [--cookie C]");
+    eprintln!("usage: bench_load ports N | sse-upstream --port P | sse --url URL [--cookie C] [--stream-id ID] | sse-throughput --url URL [--streams S] [--events N] | storm --target A --target B --cookie C | get --url URL [--cookie C] | idle --target A [--cookie C] [--http2 1]");
     std::process::exit(2);
 }
 
@@ -464,7 +467,7 @@ async fn connect_url(url: &url::Url) -> Result<client_http1::SendRequest<Empty<B
         .next()
         .ok_or("no address")?;
     if url.scheme() == "https" {
-        handshake(tls_connect(addr).await?).await
+        handshake(tls_connect(addr, Alpn::Http1).await?).await
     } else {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
@@ -489,7 +492,8 @@ async fn storm(opts: &Opts) -> Result<(), Error> {
         let barrier = barrier.clone();
         let cookie = cookie.clone();
         tasks.push(tokio::spawn(async move {
-            let connected = async { handshake(tls_connect(target).await?).await }.await;
+            let connected =
+                async { handshake(tls_connect(target, Alpn::Http1).await?).await }.await;
             barrier.wait().await;
             let mut sender = connected?;
             let request = get("/", &target.to_string(), Some(&cookie), false)?;
@@ -535,6 +539,7 @@ async fn idle(opts: &Opts) -> Result<(), Error> {
     let target = *opts.targets.first().unwrap_or_else(|| usage());
     let cookie = opts.get("cookie").map(str::to_owned);
     let requests = opts.number("requests", 1);
+    let http2 = opts.number("http2", 0) == 1;
     // Bounded so handshakes do not time out under their own crowd.
     let opening = Arc::new(Semaphore::new(128));
     let mut tasks = Vec::with_capacity(n);
@@ -543,20 +548,13 @@ async fn idle(opts: &Opts) -> Result<(), Error> {
         let cookie = cookie.clone();
         tasks.push(tokio::spawn(async move {
             let permit = opening.acquire_owned().await?;
-            let tls = tls_connect(target).await?;
-            let (mut sender, conn) = client_http1::handshake(TokioIo::new(tls)).await?;
-            let driver = tokio::spawn(conn);
-            for _ in 0..requests {
-                let request = get("/", &target.to_string(), cookie.as_deref(), false)?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                response.into_body().collect().await?;
-                if !status.is_success() {
-                    return Err(format!("status {status}").into());
-                }
-            }
+            let held = if http2 {
+                idle_http2(target, cookie.as_deref(), requests).await?
+            } else {
+                idle_http1(target, cookie.as_deref(), requests).await?
+            };
             drop(permit);
-            Ok::<_, Error>((sender, driver))
+            Ok::<_, Error>(held)
         }));
     }
     let mut held = Vec::with_capacity(n);
@@ -580,6 +578,60 @@ async fn idle(opts: &Opts) -> Result<(), Error> {
         .count();
     println!("IDLE_ALIVE alive={alive}");
     Ok(())
+}
+
+/// A connection `idle` holds: what keeps it open, and its driving task.
+type Held = (Box<dyn std::any::Any + Send>, tokio::task::JoinHandle<()>);
+
+/// Checks a response of `idle`: 2xx, body read to its end.
+async fn idle_response(response: Response<Incoming>) -> Result<(), Error> {
+    let status = response.status();
+    response.into_body().collect().await?;
+    if !status.is_success() {
+        return Err(format!("status {status}").into());
+    }
+    Ok(())
+}
+
+async fn idle_http1(
+    target: SocketAddr,
+    cookie: Option<&str>,
+    requests: u64,
+) -> Result<Held, Error> {
+    let tls = tls_connect(target, Alpn::Http1).await?;
+    let (mut sender, conn) = client_http1::handshake(TokioIo::new(tls)).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for _ in 0..requests {
+        let request = get("/", &target.to_string(), cookie, false)?;
+        idle_response(sender.send_request(request).await?).await?;
+    }
+    Ok((Box::new(sender), driver))
+}
+
+async fn idle_http2(
+    target: SocketAddr,
+    cookie: Option<&str>,
+    requests: u64,
+) -> Result<Held, Error> {
+    let tls = tls_connect(target, Alpn::H2).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(format!("{target} did not choose h2 by ALPN").into());
+    }
+    let (mut sender, conn) =
+        client_http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for _ in 0..requests {
+        // HTTP/2 carries the authority in `:authority`, from the URI.
+        let mut request = get("/", &target.to_string(), cookie, false)?;
+        *request.uri_mut() = format!("https://{target}/").parse()?;
+        request.headers_mut().remove(header::HOST);
+        idle_response(sender.send_request(request).await?).await?;
+    }
+    Ok((Box::new(sender), driver))
 }
 
 // ---------------------------------------------------------------------------
@@ -610,18 +662,29 @@ where
     Ok(sender)
 }
 
+/// The protocol a TLS connection offers (and only that one) by ALPN.
+#[derive(Clone, Copy)]
+enum Alpn {
+    Http1,
+    H2,
+}
+
 async fn tls_connect(
     addr: SocketAddr,
+    alpn: Alpn,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
-    static CONFIG: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let mut config = ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+    static CONFIGS: std::sync::OnceLock<[Arc<ClientConfig>; 2]> = std::sync::OnceLock::new();
+    let configs = CONFIGS.get_or_init(|| {
+        [b"http/1.1".as_slice(), b"h2"].map(|protocol| {
+            let mut config = ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![protocol.to_vec()];
+            Arc::new(config)
+        })
     });
+    let config = &configs[alpn as usize];
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost")?;

@@ -23,7 +23,8 @@
 #
 # Knobs (environment): BENCH_ROUNDS (3), BENCH_DURATION seconds per load run
 # (8), BENCH_IDLE_CONNS (10000), BENCH_IDLE_SETTLE seconds idle before the
-# RSS is read (5), BENCH_STORM requests (200), BENCH_SSE_EVENTS per stream
+# RSS is read (5), BENCH_ONLY=idle runs the idle connection rows only (for
+# working on them; the other rows print nan), BENCH_STORM requests (200), BENCH_SSE_EVENTS per stream
 # (200, 10 ms apart), BENCH_SSE_TPUT_EVENTS per stream of the 64-stream
 # relay throughput run (2000, written without pause). Each round also times a 1 KiB chat POST and a GET
 # through chatgate for a user without a policy and one with a restrictive
@@ -41,6 +42,7 @@ STORM=${BENCH_STORM:-200}
 SSE_EVENTS=${BENCH_SSE_EVENTS:-200}
 SSE_TPUT_EVENTS=${BENCH_SSE_TPUT_EVENTS:-2000}
 IDLE_SETTLE=${BENCH_IDLE_SETTLE:-5}
+ONLY=${BENCH_ONLY:-}
 
 PATH="$PATH:/usr/sbin:/sbin"
 missing=()
@@ -392,7 +394,7 @@ fi
 # Measurements. Each appends one value per round to results[key].
 declare -A results
 add() { results[$1]="${results[$1]:-} $2"; }
-median() { tr ' ' '\n' <<<"${results[$1]:-}" | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+median() { tr ' ' '\n' <<<"${results[$1]:-}" | awk 'NF' | sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 field() { sed -n "s/.*[ ^]$1=\\([^ ]*\\).*/\\1/p" <<<" $2" | head -1; }
 
 cat >"$work/report.lua" <<'EOF'
@@ -563,12 +565,13 @@ rss_kib() { # rss_kib PID… : summed VmRSS
 }
 nginx_pids() { echo "$nginx_pid" $(cat "/proc/$nginx_pid/task/$nginx_pid/children" 2>/dev/null); }
 
-run_idle() { # run_idle TARGET PORT
-  local pids_of base held out alive opened
-  if [ "$1" = nginx ]; then pids_of=$(nginx_pids); else pids_of=$gate_pid; fi
+run_idle() { # run_idle PROTOCOL TARGET PORT : PROTOCOL h1 (keys idle_*) or h2 (keys idle2_*)
+  local pids_of base held out alive opened key=idle http2=0
+  if [ "$1" = h2 ]; then key=idle2 http2=1; fi
+  if [ "$2" = nginx ]; then pids_of=$(nginx_pids); else pids_of=$gate_pid; fi
   base=$(rss_kib $pids_of)
-  "$load" idle --target "127.0.0.1:$2" --cookie "$cookie" --n "$IDLE_CONNS" --hold-secs 8 \
-    >"$work/idle.out" 2>"$work/idle.err" &
+  "$load" idle --target "127.0.0.1:$3" --cookie "$cookie" --n "$IDLE_CONNS" --hold-secs 8 \
+    --http2 "$http2" >"$work/idle.out" 2>"$work/idle.err" &
   local client=$!
   while ! grep -q IDLE_READY "$work/idle.out" 2>/dev/null; do
     kill -0 "$client" 2>/dev/null || break
@@ -583,13 +586,14 @@ run_idle() { # run_idle TARGET PORT
   out=$(cat "$work/idle.out")
   opened=$(field opened "$out")
   alive=$(field alive "$out")
-  add "idle_rss_$1" "$(awk -v k="$held" 'BEGIN {printf "%.1f", k/1024}')"
-  add "idle_base_$1" "$(awk -v k="$base" 'BEGIN {printf "%.1f", k/1024}')"
-  add "idle_alive_$1" "${alive:-0}"
+  add "${key}_rss_$2" "$(awk -v k="$held" 'BEGIN {printf "%.1f", k/1024}')"
+  add "${key}_base_$2" "$(awk -v k="$base" 'BEGIN {printf "%.1f", k/1024}')"
+  add "${key}_alive_$2" "${alive:-0}"
   printf '   %-9s %-8s RSS %s MiB before, %s MiB holding %s connections (%s opened, %s failed)\n' \
-    idle "$1" "$(awk -v k="$base" 'BEGIN {printf "%.1f", k/1024}')" \
+    "$key" "$2" "$(awk -v k="$base" 'BEGIN {printf "%.1f", k/1024}')" \
     "$(awk -v k="$held" 'BEGIN {printf "%.1f", k/1024}')" "${alive:-?}" "${opened:-?}" \
     "$(field failed "$out")"
+  [ -s "$work/idle.err" ] && sed 's/^/   /' "$work/idle.err" | head -3
   # Let both sides close before the next measurement.
   sleep 2
 }
@@ -601,11 +605,12 @@ rotate() { # rotate N ITEMS… : the items rotated left by N
   for i in "${!items[@]}"; do echo -n "${items[$(((i + n) % ${#items[@]}))]} "; done
 }
 
+if [ "$ONLY" = idle ]; then ROUNDS=0; fi
 echo "== warm-up"
-for target in direct nginx haproxy chatgate; do
+[ "$ONLY" = idle ] || for target in direct nginx haproxy chatgate; do
   wrk -t2 -c64 -d2s -H "Cookie: $cookie" "${url[$target]}" >/dev/null
 done
-for m in off on; do
+[ "$ONLY" = idle ] || for m in off on; do
   "$load" sse --url "https://127.0.0.1:${meter_port[$m]}" --cookie "$cookie" \
     --stream-id "bench-warm-$m-$$" --events 20 --interval-ms 1 >/dev/null
   [ "$m" = on ] && meter_streams=$((meter_streams + 1))
@@ -628,14 +633,16 @@ for round in $(seq 1 "$ROUNDS"); do
   for m in $(rotate "$round" off on); do run_meter_chat "$m"; done
 done
 # What the metering replica wrote: its last counts go out within a flush (1 s).
-sleep 3
+[ "$ONLY" = idle ] || sleep 3
 usage_sums=$(pg_sql -At -F ' ' -c "SELECT count(*), coalesce(sum(message_count), 0), coalesce(sum(tokens_used), 0), coalesce(sum(cost_usd), 0) FROM usage_metrics" || echo '? ? ? ?')
 usage_sessions=$(pg_sql -At -c "SELECT count(*) FROM chat_sessions" || echo '?')
 read -r usage_rows usage_messages usage_tokens usage_cost <<<"$usage_sums"
 echo "   usage_metrics: $usage_rows row(s), $usage_messages messages, $usage_tokens tokens, \$$usage_cost; chat_sessions: $usage_sessions"
 echo "== idle connections"
-run_idle nginx "$nginx_port"
-run_idle chatgate "$gate_port"
+run_idle h1 nginx "$nginx_port"
+run_idle h1 chatgate "$gate_port"
+run_idle h2 nginx "$nginx_port"
+run_idle h2 chatgate "$gate_port"
 
 # ---------------------------------------------------------------------------
 # The table.
@@ -661,6 +668,7 @@ cpu2_n=$(median h2_cpu_nginx) cpu2_h=$(median h2_cpu_haproxy) cpu2_c=$(median h2
 sse_d=$(median sse_p50_direct) sse_n=$(median sse_p50_nginx) sse_c=$(median sse_p50_chatgate)
 sse_add_n=$(minus "$sse_n" "$sse_d") sse_add_c=$(minus "$sse_c" "$sse_d")
 rss_n=$(median idle_rss_nginx) rss_c=$(median idle_rss_chatgate)
+rss2_n=$(median idle2_rss_nginx) rss2_c=$(median idle2_rss_chatgate)
 chat_o=$(median chat_open_p50) chat_p=$(median chat_policy_p50) chat_add=$(minus "$chat_p" "$chat_o")
 get_o=$(median get_open_p50) get_p=$(median get_policy_p50) get_add=$(minus "$get_p" "$get_o")
 m_sse_off=$(median meter_sse_p50_off) m_sse_on=$(median meter_sse_p50_on)
@@ -668,8 +676,8 @@ m_tput_off=$(median meter_tput_off) m_tput_on=$(median meter_tput_on)
 m_chat_off=$(median meter_chat_p50_off) m_chat_on=$(median meter_chat_p50_on)
 m_sse_add=$(minus "$m_sse_on" "$m_sse_off") m_chat_add=$(minus "$m_chat_on" "$m_chat_off")
 m_tput_r=$(ratio "$m_tput_on" "$m_tput_off")
-storm_calls=$(echo ${results[storm_calls]})
-storm_failed=$(echo ${results[storm_failed]})
+storm_calls=$(echo ${results[storm_calls]:-})
+storm_failed=$(echo ${results[storm_failed]:-})
 storm_max_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | tail -1)
 storm_min_calls=$(tr ' ' '\n' <<<"$storm_calls" | sort -n | head -1)
 storm_max_failed=$(tr ' ' '\n' <<<"$storm_failed" | sort -n | tail -1)
@@ -705,6 +713,8 @@ report="bench-results/$stamp.md"
   echo "| Refresh storm: failed requests per storm | | | | $storm_failed | | | = 0 | $(verdict "$storm_max_failed" '<=' 0) |"
   r=$(ratio "$rss_c" "$rss_n")
   echo "| $IDLE_CONNS idle TLS keep-alive conns (HTTP/1.1, ${IDLE_SETTLE}s idle): RSS MiB (idle before: nginx $(median idle_base_nginx), chatgate $(median idle_base_chatgate)) | | $rss_n | | $rss_c | $r | | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
+  r=$(ratio "$rss2_c" "$rss2_n")
+  echo "| $IDLE_CONNS idle TLS keep-alive conns (HTTP/2, ${IDLE_SETTLE}s idle): RSS MiB (idle before: nginx $(median idle2_base_nginx), chatgate $(median idle2_base_chatgate)) | | $rss2_n | | $rss2_c | $r | | ≤ 1.00 | $(verdict "$r" '<=' 1) |"
   echo
   echo "Organization policy (SPEC 10), through chatgate only, one connection, sequential:"
   echo
@@ -724,15 +734,15 @@ report="bench-results/$stamp.md"
   echo "Written by the metering replica (sanity): usage_metrics $usage_rows row(s), $usage_messages messages" \
     "(chat POSTs wrk saw answered 2xx through it: $meter_posts; wrk leaves out the one in flight as a run ends), $usage_tokens tokens (expected $((meter_streams * 500)):" \
     "$meter_streams streams × 4 on_token_usage events × 125), cost_usd $usage_cost; chat_sessions $usage_sessions row(s)."
-  echo "Metering errors, all rounds (must be 0): relay streams failed off/on$(echo ${results[meter_tput_bad_off]}) /$(echo ${results[meter_tput_bad_on]});" \
-    "chat POST errors+non-2xx off/on$(echo ${results[meter_chat_bad_off]}) /$(echo ${results[meter_chat_bad_on]})."
+  echo "Metering errors, all rounds (must be 0): relay streams failed off/on$(echo ${results[meter_tput_bad_off]:-}) /$(echo ${results[meter_tput_bad_on]:-});" \
+    "chat POST errors+non-2xx off/on$(echo ${results[meter_chat_bad_off]:-}) /$(echo ${results[meter_chat_bad_on]:-})."
   echo
-  echo "Connections still open at the end of the idle hold: nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate)."
+  echo "Connections still open at the end of the idle hold: HTTP/1.1 nginx $(median idle_alive_nginx), chatgate $(median idle_alive_chatgate); HTTP/2 nginx $(median idle2_alive_nginx), chatgate $(median idle2_alive_chatgate)."
   echo "Errors and non-2xx answers, all rounds (must be 0):" \
-    "h1 direct/nginx/haproxy/chatgate$(echo ${results[h1_bad_direct]}) /$(echo ${results[h1_bad_nginx]}) /$(echo ${results[h1_bad_haproxy]}) /$(echo ${results[h1_bad_chatgate]});" \
-    "1-conn$(echo ${results[c1_bad_direct]}) /$(echo ${results[c1_bad_nginx]}) /$(echo ${results[c1_bad_haproxy]}) /$(echo ${results[c1_bad_chatgate]});" \
-    "h2 nginx/haproxy/chatgate$(echo ${results[h2_bad_nginx]}) /$(echo ${results[h2_bad_haproxy]}) /$(echo ${results[h2_bad_chatgate]});" \
-    "policy chat open/restrictive$(echo ${results[chat_open_bad]}) /$(echo ${results[chat_policy_bad]})."
+    "h1 direct/nginx/haproxy/chatgate$(echo ${results[h1_bad_direct]:-}) /$(echo ${results[h1_bad_nginx]:-}) /$(echo ${results[h1_bad_haproxy]:-}) /$(echo ${results[h1_bad_chatgate]:-});" \
+    "1-conn$(echo ${results[c1_bad_direct]:-}) /$(echo ${results[c1_bad_nginx]:-}) /$(echo ${results[c1_bad_haproxy]:-}) /$(echo ${results[c1_bad_chatgate]:-});" \
+    "h2 nginx/haproxy/chatgate$(echo ${results[h2_bad_nginx]:-}) /$(echo ${results[h2_bad_haproxy]:-}) /$(echo ${results[h2_bad_chatgate]:-});" \
+    "policy chat open/restrictive$(echo ${results[chat_open_bad]:-}) /$(echo ${results[chat_policy_bad]:-})."
   echo
   echo "Per round (in run order):"
   echo

@@ -112,6 +112,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         max_header_bytes,
         options.header_read_timeout,
     ));
+    let http2 = Arc::new(limits::http2_builder(max_header_bytes));
     let shutdown = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
     let closing = CancellationToken::new();
@@ -130,6 +131,7 @@ pub async fn start(config: Config, options: Options) -> Result<Running, StartErr
         apps: apps.clone(),
         builder,
         http1,
+        http2,
         connections: connections.clone(),
         header_read_timeout: options.header_read_timeout,
         stop_accepting: stop_accepting.clone(),

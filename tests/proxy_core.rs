@@ -609,6 +609,98 @@ async fn an_idle_http1_connection_is_parked_and_serves_again_but_a_stream_is_nev
     assert_eq!(parked(&gate).await, 0);
 }
 
+/// Issue 15: an HTTP/2 connection with no stream frees its read, write and
+/// HPACK buffers each time it waits (chatgate's patch to h2, vendor/h2), and
+/// takes them up again for the next request: the same connection serves
+/// requests of every size after each idle spell, its HPACK tables (both
+/// ways) intact, and a stream left open is not disturbed.
+#[tokio::test]
+async fn an_idle_http2_connection_serves_again_after_freeing_its_buffers() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let World {
+        gate,
+        _supabase,
+        user,
+    } = world(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
+    assert_eq!(client.negotiated_alpn().as_deref(), Some(&b"h2"[..]));
+    // Larger than h2's 16 KiB write buffer and one frame: sent as a HEADERS
+    // frame and CONTINUATION frames, which the read side reassembles.
+    let big = "b".repeat(20 * 1024);
+    let upload: Bytes = (0..200_000u32).map(|i| i as u8).collect::<Vec<_>>().into();
+    for round in 0..3 {
+        // The client's HPACK encoder indexes these in the first round and
+        // refers to them by index after: the server's table must hold.
+        let marker = format!("round-{round}");
+        let (status, headers, body) = client
+            .get(
+                &format!("/echo?round={round}"),
+                &[
+                    user.header(),
+                    ("x-marker", "same every round"),
+                    ("x-big", &big),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        assert_eq!(headers["x-instance"], "lc-1", "round {round}");
+        let echoed = echo(&body);
+        assert_eq!(echoed["path"], format!("/echo?round={round}"));
+        assert_eq!(header(&echoed, "x-marker"), ["same every round"]);
+        assert_eq!(header(&echoed, "x-big"), [big.as_str()], "round {round}");
+        assert!(
+            header(&echoed, "cookie").is_empty(),
+            "the session cookie is stripped"
+        );
+
+        // Bodies of many frames both ways: the write buffer taken up again
+        // carries DATA frames as before.
+        let (status, _, body) = client
+            .get(
+                &format!("/download?bytes=300000&{marker}"),
+                &[user.header()],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        assert_eq!(body.len(), 300_000, "round {round}");
+        assert!(body
+            .iter()
+            .enumerate()
+            .all(|(offset, byte)| *byte == support::librechat::download_byte(offset as u64)));
+        let (status, _, body) = client
+            .request(Method::POST, "/echo", &[user.header()], upload.clone())
+            .await;
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        assert_eq!(echo(&body)["body_bytes"], 200_000, "round {round}");
+    }
+
+    // A stream open across the connection's waits: its events arrive
+    // whole, and the connection serves again once it has ended.
+    let response = client
+        .send(client::build_request(
+            Method::GET,
+            "/sse?events=2",
+            &[user.header()],
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    for n in 1..=2 {
+        upstream.release_sse(1);
+        let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(event, format!("data: {{\"n\":{n}}}\n\n"));
+    }
+    // HTTP/2 may end it with an empty DATA frame.
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(rest.is_empty(), "the stream ends after 2 events: {rest:?}");
+    let (status, headers, _) = client.get("/api/config", &[user.header()]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-instance"], "lc-1");
+    assert!(!client.is_closed());
+}
+
 #[tokio::test]
 async fn the_drain_closes_a_parked_connection_cleanly() {
     let upstream = StandInLibreChat::start("lc-1").await;

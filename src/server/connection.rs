@@ -91,7 +91,7 @@ impl Listeners {
                         return;
                     };
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        Box::pin(this.serve(*tls, conn)).await
+                        Box::pin(this.serve_h2(tls, conn)).await
                     } else {
                         this.serve_http1(tls, conn).await
                     }
@@ -125,6 +125,26 @@ impl Listeners {
         }
     }
 
+    /// HTTP/2 over TLS: hyper's HTTP/2 connection on the boxed stream.
+    async fn serve_h2(&self, tls: Box<TlsStream>, conn: Arc<ConnInfo>) {
+        let apps = self.apps.clone();
+        let service =
+            service_fn(move |request| proxy::handle(apps.load_full(), conn.clone(), request));
+        let connection = self.http2.serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = self.closing.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+
+    /// The plain listener: HTTP/1.1 or HTTP/2, whichever the client speaks.
     async fn serve<I>(&self, io: I, conn: Arc<ConnInfo>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

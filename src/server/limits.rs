@@ -61,27 +61,44 @@ pub(super) fn http1_builder(
     builder
 }
 
-/// HTTP/2 by ALPN, and either protocol on the plain listener.
+/// The HTTP/2 settings, for both builders below (their `http2()` types
+/// differ but take the same calls).
+macro_rules! http2_settings {
+    ($builder:expr, $max_header_bytes:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(buffer_size($max_header_bytes)).unwrap_or(u32::MAX))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+            .keep_alive_interval(Duration::from_secs(30))
+    };
+}
+
+/// Either protocol on the plain listener.
 pub(super) fn http_builder(
     max_header_bytes: usize,
     header_read_timeout: Duration,
 ) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let buffer = buffer_size(max_header_bytes);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .max_buf_size(buffer)
+        .max_buf_size(buffer_size(max_header_bytes))
         .keep_alive(true);
+    http2_settings!(builder.http2(), max_header_bytes);
     builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
-        .keep_alive_interval(Duration::from_secs(30));
+}
+
+/// HTTP/2 over TLS (the ALPN said so): hyper's HTTP/2 connection alone,
+/// without the auto builder's, whose state has room for HTTP/1.1 too and
+/// which every idle connection would carry (issue 15).
+pub(super) fn http2_builder(
+    max_header_bytes: usize,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2_settings!(builder, max_header_bytes);
     builder
 }
 

@@ -22,6 +22,7 @@ pub(super) struct Listeners {
     pub(super) apps: Apps,
     pub(super) builder: Arc<auto::Builder<TokioExecutor>>,
     pub(super) http1: Arc<hyper::server::conn::http1::Builder>,
+    pub(super) http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     pub(super) connections: TaskTracker,
     /// `Options::header_read_timeout`, also the longest a connection that
     /// has not sent a request yet may stay parked.
