@@ -37,8 +37,8 @@ pub struct Upstream {
     pub url: Url,
     scheme: Scheme,
     authority: Authority,
-    /// The `Host` LibreChat receives, made once: what hyper-util's client
-    /// would format for every request (the host, and the port unless 80).
+    /// The `Host` LibreChat receives, made once (the host, and the port
+    /// unless 80); `UpstreamClient` writes it into each request.
     host: HeaderValue,
     /// One connection pool per thread: each serving thread runs its own
     /// runtime, and a connection stays with the thread that opened it.
@@ -152,11 +152,6 @@ impl Upstream {
 
     /// This thread's client for the instance, which opens at most this
     /// thread's share of `max_connections_per_instance` connections.
-    /// The `Host` header for requests to this instance.
-    pub fn host_header(&self) -> &HeaderValue {
-        &self.host
-    }
-
     pub fn client(&self) -> &UpstreamClient {
         self.clients.get_or(|| {
             UpstreamClient::new(
@@ -437,7 +432,7 @@ mod tests {
     fn the_host_header_is_what_the_client_would_write() {
         let host = |url: &str| {
             let upstream = Upstream::new(url.parse().unwrap(), false).unwrap();
-            upstream.host_header().to_str().unwrap().to_owned()
+            upstream.host.to_str().unwrap().to_owned()
         };
         assert_eq!(host("http://127.0.0.1:3080"), "127.0.0.1:3080");
         assert_eq!(host("http://librechat"), "librechat");

@@ -1,7 +1,9 @@
 //! One connection: the TLS handshake (on the TLS listener), then hyper's
 //! HTTP/1.1 + HTTP/2 serving with upgrades until it closes.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -131,17 +133,8 @@ impl Listeners {
         let service =
             service_fn(move |request| proxy::handle(apps.load_full(), conn.clone(), request));
         let connection = self.http2.serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = self.closing.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%error, "connection ended with an error");
-        }
+        self.until_closed(connection, |c| c.graceful_shutdown())
+            .await;
     }
 
     /// The plain listener: HTTP/1.1 or HTTP/2, whichever the client speaks.
@@ -155,11 +148,22 @@ impl Listeners {
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
+        self.until_closed(connection, |c| c.graceful_shutdown())
+            .await;
+    }
+
+    /// Runs a hyper connection to its end; when the server begins to close,
+    /// asks it (`shutdown`) to finish what is under way and stop.
+    async fn until_closed<C, E>(&self, connection: C, shutdown: impl FnOnce(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
             _ = self.closing.cancelled() => {
-                connection.as_mut().graceful_shutdown();
+                shutdown(connection.as_mut());
                 connection.await
             }
         };

@@ -165,7 +165,11 @@ impl UpstreamClient {
                     Ok(Ok(())) => return Ok((sender, true)),
                     // Closed: its slot comes free.
                     Ok(Err(_)) => continue,
-                    Err(_) => return Err(own_limit()),
+                    Err(_) => {
+                        // Still busy, and still the thread's: back on the list.
+                        self.keep(sender);
+                        return Err(own_limit());
+                    }
                 },
                 // Every connection is being opened or waited on by another
                 // request: a slot, or a connection put back, wakes this one.
