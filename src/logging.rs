@@ -435,8 +435,16 @@ fn push_timestamp(buf: &mut String, at: SystemTime) {
         }
         buf.push_str(text);
     });
-    use fmt::Write as _;
-    let _ = write!(buf, ".{:06}Z", since.subsec_micros());
+    // `.` and six digits of microseconds, without `fmt` (once per line).
+    let mut micros = since.subsec_micros();
+    let mut digits = [b'0'; 7];
+    digits[0] = b'.';
+    for digit in digits[1..].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    buf.push_str(std::str::from_utf8(&digits).unwrap_or(".000000"));
+    buf.push('Z');
 }
 
 /// Header names whose values are never printed.
@@ -469,6 +477,23 @@ impl fmt::Debug for RedactedHeaders<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_carry_six_digits_of_microseconds() {
+        for (micros, text) in [
+            (0, "1970-01-01T00:00:01.000000Z"),
+            (42, "1970-01-01T00:00:01.000042Z"),
+            (123_456, "1970-01-01T00:00:01.123456Z"),
+            (999_999, "1970-01-01T00:00:01.999999Z"),
+        ] {
+            let mut buf = String::new();
+            push_timestamp(
+                &mut buf,
+                UNIX_EPOCH + Duration::from_micros(1_000_000 + micros),
+            );
+            assert_eq!(buf, text);
+        }
+    }
 
     #[test]
     fn the_word_at_a_time_check_finds_every_byte_that_needs_escaping() {

@@ -47,9 +47,15 @@ pub fn check(
         .filter(|p| p.has_value && is_librechat_cookie(p.name))
         .map(|p| String::from_utf8_lossy(p.name).into_owned())
         .collect();
-    ctx.set_cookies.push(format!(
-        "{BIND_COOKIE}={bound_to}; Path=/; HttpOnly; SameSite=Lax"
-    ));
+    // Not `format!`: once per request of a client without the binding.
+    const ATTRIBUTES: &str = "; Path=/; HttpOnly; SameSite=Lax";
+    let mut set_bind =
+        String::with_capacity(BIND_COOKIE.len() + 1 + bound_to.len() + ATTRIBUTES.len());
+    set_bind.push_str(BIND_COOKIE);
+    set_bind.push('=');
+    set_bind.push_str(&bound_to);
+    set_bind.push_str(ATTRIBUTES);
+    ctx.set_cookies.push(set_bind);
     if stale.is_empty() {
         return Ok(());
     }

@@ -201,9 +201,16 @@ fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
 
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     remove_named_by_connection(headers);
-    // Most heads carry none: one pass over the names, no lookup per name.
-    if headers.keys().any(is_hop_by_hop) {
-        for name in &HOP_BY_HOP {
+    // One pass over the names; then a lookup only for the ones there (most
+    // heads carry none; a Node server's responses, `Connection` alone).
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(at) = hop_by_hop_index(name) {
+            present |= 1 << at;
+        }
+    }
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 {
             headers.remove(name);
         }
     }
@@ -227,8 +234,16 @@ fn remove_named_by_connection(headers: &mut HeaderMap) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// Where `name` is in [`HOP_BY_HOP`].
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     // The lengths of the names in HOP_BY_HOP: most names are ruled out here.
-    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|h| h == name)
 }
 
 /// What a client may not send LibreChat: `Host`, the reserved prefixes,

@@ -81,7 +81,15 @@ impl Inner {
     }
 
     fn get(&mut self, key: &str, now: Instant) -> Option<Bytes> {
-        self.live(key, now).map(|e| e.value.clone())
+        // One lookup for a live entry (a pin is read per request).
+        match self.entries.get(key) {
+            Some(e) if e.expires_at > now => Some(e.value.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
     }
 
     fn set(&mut self, key: &str, value: Bytes, ttl: Duration, now: Instant) {

@@ -54,7 +54,7 @@ impl Supabase {
         let Ok(session) = found.decode_tokens_recent() else {
             return Ok(SessionCheck::Absent);
         };
-        match self.verifier.verify(&session.access_token).await {
+        match self.verifier.verify_shared(&session.access_token).await {
             Ok(claims) => Ok(SessionCheck::Valid {
                 claims,
                 access_token: session.access_token.clone(),

@@ -14,10 +14,14 @@
 //!   `Expired` answer always means "validly signed, ours, refresh it".
 //! - Hot path: a verified token is cached (keyed by its text) until its `exp`
 //!   (at most ten minutes), so a repeat costs one cache lookup: a hash of the
-//!   text and one comparison, no signature check.
+//!   text and one comparison, no signature check. Each serving thread also
+//!   remembers its last few session tokens by their shared text
+//!   ([`Verifier::verify_shared`]): a page's requests carry one cookie, which
+//!   `decode_tokens_recent` hands out as the same `Arc<str>` each time.
 //!
 //! No token text ever goes into a log line or an error message.
 
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -44,6 +48,13 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// A cached token is verified again after this long even if its `exp` is
 /// later, so a key removed from the JWKS stops being trusted soon.
 const CACHE_MAX_TTL: Duration = Duration::from_secs(600);
+/// Session tokens a serving thread remembers as verified (see
+/// [`Verifier::verify_shared`]).
+const RECENT_PER_THREAD: usize = 8;
+/// How long a thread answers from its own list before asking the cache
+/// again: short, so the cache's [`CACHE_MAX_TTL`] stays the bound on how
+/// long a verified token is trusted without a signature check.
+const RECENT_MAX_AGE_SECS: i64 = 30;
 /// Unknown `kid`s refetch the JWKS at most this often (SPEC section 6).
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 /// While no JWKS was ever loaded every asymmetric token fails, so retry sooner.
@@ -265,6 +276,15 @@ impl Equivalent<TokenKey> for TokenRef<'_> {
     }
 }
 
+/// A session token a thread verified (or found in the cache) lately.
+struct Remembered {
+    /// Compared by pointer: the `Arc` of a thread's decoded session cookie.
+    token: Arc<str>,
+    claims: Arc<AccessClaims>,
+    /// [`Verifier::now`] when the cache or a signature check answered.
+    verified_at: i64,
+}
+
 /// Verified tokens live until `exp` + leeway, capped at [`CACHE_MAX_TTL`].
 struct UntilExp {
     leeway: i64,
@@ -299,6 +319,8 @@ pub struct Verifier {
     fetch: tokio::sync::Mutex<FetchState>,
     /// Verified tokens by their text (see [`TokenKey`]).
     cache: Cache<TokenKey, Arc<AccessClaims>>,
+    /// Each thread's last verified session tokens, most recent first.
+    recent: thread_local::ThreadLocal<RefCell<Vec<Remembered>>>,
     signature_checks: AtomicU64,
     jwks_fetches: AtomicU64,
     #[cfg(test)]
@@ -362,6 +384,7 @@ impl Verifier {
             keys: RwLock::new(Arc::new(KeySet::default())),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             cache,
+            recent: thread_local::ThreadLocal::new(),
             signature_checks: AtomicU64::new(0),
             jwks_fetches: AtomicU64::new(0),
             #[cfg(test)]
@@ -390,6 +413,48 @@ impl Verifier {
         let claims = Arc::new(Box::pin(self.verify_uncached(token, now)).await?);
         self.cache
             .insert(TokenKey(Arc::from(token)), Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    /// [`Self::verify`] for a token shared by a thread's recent session
+    /// cookies: the same `Arc` (not only the same text) verified lately on
+    /// this thread is answered from a short list compared by pointer, with
+    /// the check a cache hit makes (`exp` with leeway) and for at most
+    /// [`RECENT_MAX_AGE_SECS`]; no hashing, no shared cache touched.
+    pub async fn verify_shared(&self, token: &Arc<str>) -> Result<Arc<AccessClaims>, VerifyError> {
+        let now = self.now();
+        let remembered = {
+            let mut recent = self.recent.get_or_default().borrow_mut();
+            match recent.iter().position(|r| Arc::ptr_eq(&r.token, token)) {
+                Some(at) => {
+                    let r = &recent[at];
+                    if r.claims.exp.saturating_add(self.leeway) >= now
+                        && now.saturating_sub(r.verified_at) < RECENT_MAX_AGE_SECS
+                    {
+                        Some(r.claims.clone())
+                    } else {
+                        // Asked again below, the way a first sight is.
+                        recent.remove(at);
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(claims) = remembered {
+            return Ok(claims);
+        }
+        let claims = self.verify(token).await?;
+        let mut recent = self.recent.get_or_default().borrow_mut();
+        recent.truncate(RECENT_PER_THREAD - 1);
+        recent.insert(
+            0,
+            Remembered {
+                token: token.clone(),
+                claims: claims.clone(),
+                verified_at: now,
+            },
+        );
         Ok(claims)
     }
 
@@ -1633,6 +1698,36 @@ mod tests {
         assert_invalid(verifier.verify(&forged).await, "same tail");
         let shorter = &token[1..];
         assert_invalid(verifier.verify(shorter).await, "suffix of a cached token");
+    }
+
+    #[tokio::test]
+    async fn a_threads_recent_token_is_answered_by_pointer_until_exp_or_30_s() {
+        let verifier = verifier(Some(SECRET), &dead_url().await);
+        let token: Arc<str> = hs256(&with(claims(), "exp", json!(now() + 100))).into();
+        verifier.verify_shared(&token).await.unwrap();
+        assert_eq!(verifier.stats().signature_checks, 1);
+        // Gone from the shared cache: this thread's list still answers …
+        verifier.cache.invalidate(&TokenRef(&token));
+        assert_eq!(
+            verifier.verify_shared(&token).await.unwrap().sub,
+            claims()["sub"]
+        );
+        assert_eq!(verifier.stats().signature_checks, 1);
+        // … for that very `Arc` only: the same text elsewhere asks the cache.
+        let copy: Arc<str> = Arc::from(&*token);
+        verifier.verify_shared(&copy).await.unwrap();
+        assert_eq!(verifier.stats().signature_checks, 2);
+        // After 30 s the list asks the cache again.
+        verifier.cache.invalidate(&TokenRef(&token));
+        verifier.clock_skew.store(31, Ordering::Relaxed);
+        verifier.verify_shared(&token).await.unwrap();
+        assert_eq!(verifier.stats().signature_checks, 3);
+        // Past exp + leeway it is expired, as from the cache.
+        verifier.clock_skew.store(100 + 31, Ordering::Relaxed);
+        assert_eq!(
+            verifier.verify_shared(&token).await,
+            Err(VerifyError::Expired)
+        );
     }
 
     #[tokio::test]
