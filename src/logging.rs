@@ -224,9 +224,10 @@ pub fn access_enabled() -> bool {
 /// The target the access line is filtered by (`RUST_LOG=chatgate::access=off`).
 pub const ACCESS_TARGET: &str = "chatgate::access";
 
-/// Queues the access line, in the configured format, when info lines of
-/// `chatgate::access` are enabled.
-pub fn access(line: &AccessLine<'_>) {
+/// Queues the access line, stamped `at` (when the response was done
+/// with), in the configured format, when info lines of `chatgate::access`
+/// are enabled.
+pub fn access(at: SystemTime, line: &AccessLine<'_>) {
     let Some(sink) = SINK.get() else { return };
     if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
         return;
@@ -236,7 +237,7 @@ pub fn access(line: &AccessLine<'_>) {
     }
     BUF.with_borrow_mut(|buf| {
         buf.clear();
-        format_access(buf, sink.format, SystemTime::now(), line);
+        format_access(buf, sink.format, at, line);
         sink.push(buf.as_bytes());
     });
 }

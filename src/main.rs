@@ -108,6 +108,8 @@ fn main() -> ExitCode {
     // Single-threaded: `server::start` adds one more such runtime per CPU.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // The access lines a serving thread deferred (`proxy::log`).
+        .on_thread_park(chatgate::proxy::flush_deferred)
         .build()
     {
         Ok(runtime) => runtime,
@@ -226,7 +228,10 @@ async fn run_proxy(config: Config, path: PathBuf) -> ExitCode {
             });
         }
     };
-    match server::run_until_signalled(running).await {
+    let result = server::run_until_signalled(running).await;
+    // Before the log's flush at exit: the lines this thread deferred.
+    chatgate::proxy::stop_deferring();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chatgate: {error}");

@@ -23,6 +23,8 @@ pub mod rewrite_response;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+pub use log::{flush_deferred, stop_deferring};
+
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 

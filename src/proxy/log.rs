@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::Response;
@@ -36,13 +36,14 @@ pub fn when_sent(
     response.map(|body| {
         Logged {
             body,
-            record: Record {
+            record: Some(Record {
                 ctx,
                 line,
                 status,
                 bytes_out: 0,
                 stream_error: None,
-            },
+                ended: None,
+            }),
         }
         .boxed_unsync()
     })
@@ -51,7 +52,17 @@ pub fn when_sent(
 /// A response body that counts what it passes on.
 struct Logged {
     body: ProxyBody,
-    record: Record,
+    /// Taken when the body is dropped (see [`deferred`]).
+    record: Option<Record>,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.ended = Some((Instant::now(), SystemTime::now()));
+            deferred::push(record);
+        }
+    }
 }
 
 impl Body for Logged {
@@ -63,16 +74,18 @@ impl Body for Logged {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.record.bytes_out += data.len() as u64;
+        if let Some(record) = self.record.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.bytes_out += data.len() as u64;
+                    }
                 }
+                Poll::Ready(Some(Err(error))) => {
+                    record.stream_error = Some(format!("the response stream failed: {error}"));
+                }
+                _ => {}
             }
-            Poll::Ready(Some(Err(error))) => {
-                self.record.stream_error = Some(format!("the response stream failed: {error}"));
-            }
-            _ => {}
         }
         polled
     }
@@ -93,21 +106,27 @@ struct Record {
     status: u16,
     bytes_out: u64,
     stream_error: Option<String>,
+    /// When the response was done with (monotonic, and wall-clock).
+    ended: Option<(Instant, SystemTime)>,
 }
 
-impl Drop for Record {
-    fn drop(&mut self) {
+impl Record {
+    /// Writes the access line and exports the span.
+    fn finish(self) {
         self.log();
         if export::enabled() && self.ctx.trace.sampled() {
             self.export();
         }
     }
-}
 
-impl Record {
+    fn ended(&self) -> (Instant, SystemTime) {
+        self.ended
+            .unwrap_or_else(|| (Instant::now(), SystemTime::now()))
+    }
+
     fn export(&self) {
         let ctx = &self.ctx;
-        let end = SystemTime::now();
+        let (_, end) = self.ended();
         export::record(Span {
             trace_id: ctx.trace.trace_id().to_owned(),
             span_id: ctx.trace.span_id().to_owned(),
@@ -117,40 +136,46 @@ impl Record {
             status: self.status,
             request_id: ctx.request_id_str().to_owned(),
             upstream: ctx.upstream.as_ref().map(|u| u.url.to_string()),
-            start: end.checked_sub(ctx.started.elapsed()).unwrap_or(end),
+            start: end
+                .checked_sub(self.ended().0.saturating_duration_since(ctx.started))
+                .unwrap_or(end),
             end,
         });
     }
 
     fn log(&self) {
         let ctx = &self.ctx;
+        let (ended, at) = self.ended();
         let from_instance = (self.status >= 500 && ctx.upstream.is_some())
             .then_some("the instance answered with this status");
-        logging::access(&AccessLine {
-            request_id: ctx.request_id_str(),
-            peer: ctx.conn.peer.ip(),
-            method: &self.line.method,
-            path: self.line.uri.path(),
-            version: self.line.version,
-            status: self.status,
-            upstream: ctx.upstream.as_ref().map(|u| u.url.as_str()),
-            attempts: ctx.attempts,
-            duration: ctx.started.elapsed(),
-            user_id: ctx.identity.as_ref().map(|i| i.user_id()),
-            organization_id: ctx.identity.as_ref().map(|i| i.organization().id.as_str()),
-            identified_by: ctx.identified_by,
-            bytes_in: ctx
-                .bytes_in
-                .as_ref()
-                .map_or(0, |seen| seen.load(Ordering::Relaxed)),
-            bytes_out: self.bytes_out,
-            trace_id: ctx.trace.trace_id(),
-            reason: self
-                .stream_error
-                .as_deref()
-                .or(ctx.failure.as_deref())
-                .or(from_instance),
-        });
+        logging::access(
+            at,
+            &AccessLine {
+                request_id: ctx.request_id_str(),
+                peer: ctx.conn.peer.ip(),
+                method: &self.line.method,
+                path: self.line.uri.path(),
+                version: self.line.version,
+                status: self.status,
+                upstream: ctx.upstream.as_ref().map(|u| u.url.as_str()),
+                attempts: ctx.attempts,
+                duration: ended.saturating_duration_since(ctx.started),
+                user_id: ctx.identity.as_ref().map(|i| i.user_id()),
+                organization_id: ctx.identity.as_ref().map(|i| i.organization().id.as_str()),
+                identified_by: ctx.identified_by,
+                bytes_in: ctx
+                    .bytes_in
+                    .as_ref()
+                    .map_or(0, |seen| seen.load(Ordering::Relaxed)),
+                bytes_out: self.bytes_out,
+                trace_id: ctx.trace.trace_id(),
+                reason: self
+                    .stream_error
+                    .as_deref()
+                    .or(ctx.failure.as_deref())
+                    .or(from_instance),
+            },
+        );
     }
 }
 
@@ -171,4 +196,151 @@ pub fn error(ctx: &RequestContext, error: &ProxyError) -> String {
         tracing::debug!(request_id = ctx.request_id_str(), error = %chain, "request refused");
     }
     chain
+}
+
+/// Access lines wait until their thread is about to sleep: a response's
+/// line was formatted between reading the instance's answer and writing it
+/// to the client (4 % of a forwarded request's instructions), so it added
+/// to the latency of every request; nginx, too, logs after the write.
+///
+/// Only threads whose runtime calls [`flush_deferred`] before parking (the
+/// serving threads) defer; anywhere else a line is written at once. A
+/// thread holds at most [`DEFERRED_MAX`] lines: a thread that never sleeps,
+/// under load, writes them in batches.
+mod deferred {
+    use std::cell::{Cell, RefCell};
+
+    use super::Record;
+
+    pub(super) const DEFERRED_MAX: usize = 32;
+
+    thread_local! {
+        /// Set by this thread's first [`super::flush_deferred`]: it has a
+        /// park hook.
+        static DEFERS: Cell<bool> = const { Cell::new(false) };
+        static WAITING: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn push(record: Record) {
+        if !DEFERS.with(Cell::get) {
+            record.finish();
+            return;
+        }
+        let full = WAITING.with_borrow_mut(|waiting| {
+            waiting.push(record);
+            waiting.len() >= DEFERRED_MAX
+        });
+        if full {
+            flush();
+        }
+    }
+
+    pub(super) fn flush() {
+        // Taken out first: writing a line must not hold the list.
+        let waiting = WAITING.with_borrow_mut(std::mem::take);
+        for record in waiting {
+            record.finish();
+        }
+    }
+
+    pub(super) fn start(defers: bool) {
+        DEFERS.with(|d| d.set(defers));
+    }
+
+    #[cfg(test)]
+    pub(super) fn waiting() -> usize {
+        WAITING.with_borrow(Vec::len)
+    }
+}
+
+/// The serving runtimes' park hook (`on_thread_park`): writes the access
+/// lines this thread deferred, and from now on lets it defer them.
+pub fn flush_deferred() {
+    deferred::start(true);
+    deferred::flush();
+}
+
+/// Writes what this thread deferred and stops deferring: for a serving
+/// thread whose runtime is ending (its connections' bodies, dropped with
+/// the runtime, log at once).
+pub fn stop_deferring() {
+    deferred::start(false);
+    deferred::flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::context::ConnInfo;
+
+    fn record() -> Record {
+        let conn = Arc::new(ConnInfo {
+            peer: "192.0.2.7:4000".parse().unwrap(),
+            tls: true,
+        });
+        let request = http::Request::get("/c/new").body(()).unwrap();
+        Record {
+            ctx: RequestContext::new(conn, None, None),
+            line: RequestLine::of(&request),
+            status: 200,
+            bytes_out: 0,
+            stream_error: None,
+            ended: None,
+        }
+    }
+
+    #[test]
+    fn lines_wait_only_on_threads_with_the_park_hook_and_never_past_the_cap() {
+        std::thread::spawn(|| {
+            // No hook yet: written at once.
+            deferred::push(record());
+            assert_eq!(deferred::waiting(), 0);
+            // A park hook ran: lines wait for the next one.
+            flush_deferred();
+            deferred::push(record());
+            deferred::push(record());
+            assert_eq!(deferred::waiting(), 2);
+            flush_deferred();
+            assert_eq!(deferred::waiting(), 0);
+            // Never more than the cap.
+            for _ in 0..deferred::DEFERRED_MAX - 1 {
+                deferred::push(record());
+            }
+            assert_eq!(deferred::waiting(), deferred::DEFERRED_MAX - 1);
+            deferred::push(record());
+            assert_eq!(deferred::waiting(), 0);
+            // A runtime ending stops it.
+            deferred::push(record());
+            stop_deferring();
+            assert_eq!(deferred::waiting(), 0);
+            deferred::push(record());
+            assert_eq!(deferred::waiting(), 0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_serving_runtime_writes_the_lines_when_it_parks() {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_park(flush_deferred)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                // The first park marks the thread.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                deferred::push(record());
+                assert_eq!(deferred::waiting(), 1);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                assert_eq!(deferred::waiting(), 0);
+            });
+        })
+        .join()
+        .unwrap();
+    }
 }

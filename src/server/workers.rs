@@ -30,6 +30,7 @@ pub(super) fn spawn_workers(
     for index in 1..workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(crate::proxy::flush_deferred)
             .build()
             .map_err(StartError::Worker)?;
         let (sender, mut handed) = tokio::sync::mpsc::unbounded_channel::<Handed>();
@@ -53,6 +54,7 @@ pub(super) fn spawn_workers(
                     }
                     done.cancelled().await;
                 });
+                crate::proxy::stop_deferring();
             })
             .map_err(StartError::Worker)?;
         senders.push(sender);
