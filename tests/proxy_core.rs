@@ -609,6 +609,86 @@ async fn an_idle_http1_connection_is_parked_and_serves_again_but_a_stream_is_nev
     assert_eq!(parked(&gate).await, 0);
 }
 
+/// Issue 15: chatgate's HPACK encoder (vendor/h2) sends a header it has
+/// sent before as an index into the client's table, and for a name with
+/// several values in the table tries the entry it used last first. Over one
+/// connection, every response's CSP, HSTS, `Cache-Control` and
+/// `Set-Cookie` headers decode to the same bytes as the first's, and a
+/// header whose value changes and comes back (as `date` does) decodes to the
+/// value sent each time.
+#[tokio::test]
+async fn http2_response_headers_decode_the_same_on_every_request_of_a_connection() {
+    let upstream = StandInLibreChat::start("lc-1").await;
+    let World {
+        gate,
+        _supabase,
+        user,
+    } = world(&[&upstream]).await;
+    let mut client = TestClient::connect(gate.addr(), Alpn::H2).await.unwrap();
+    assert_eq!(client.negotiated_alpn().as_deref(), Some(&b"h2"[..]));
+    let all = |headers: &http::HeaderMap, name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    let mut first: Option<http::HeaderMap> = None;
+    let mut request_ids = Vec::new();
+    // x-vary's values: new ones, the last one again, older ones again.
+    for (round, n) in [1, 2, 2, 3, 1, 3, 3, 2, 1, 1].into_iter().enumerate() {
+        let (status, headers, _) = client.get(&format!("/vary?n={n}"), &[user.header()]).await;
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        assert_eq!(
+            all(&headers, "x-vary"),
+            [format!("value-{n}")],
+            "round {round}"
+        );
+        assert_eq!(
+            all(&headers, "strict-transport-security"),
+            ["max-age=31536000"],
+            "round {round}"
+        );
+        let csp = all(&headers, "content-security-policy");
+        assert_eq!(csp.len(), 1, "round {round}: {csp:?}");
+        assert!(csp[0].starts_with("frame-ancestors 'self'"), "{csp:?}");
+        request_ids.push(all(&headers, "x-request-id"));
+        let cookies = all(&headers, "set-cookie");
+        assert!(
+            cookies.iter().any(|c| c.starts_with("chatgate_bind=")),
+            "round {round}: {cookies:?}"
+        );
+        let (status, cookie_headers, _) = client.get("/set-cookie", &[user.header()]).await;
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        let cookies = all(&cookie_headers, "set-cookie");
+        for expected in support::librechat::SET_COOKIES {
+            assert!(cookies.iter().any(|c| c == expected), "{cookies:?}");
+        }
+        match &first {
+            None => first = Some(headers),
+            Some(first) => {
+                for name in [
+                    "content-security-policy",
+                    "strict-transport-security",
+                    "cache-control",
+                    "set-cookie",
+                    "x-instance",
+                ] {
+                    assert_eq!(
+                        all(&headers, name),
+                        all(first, name),
+                        "round {round}: {name}"
+                    );
+                }
+            }
+        }
+    }
+    // Never sent indexed: each response has its own.
+    request_ids.sort();
+    request_ids.dedup();
+    assert_eq!(request_ids.len(), 10, "{request_ids:?}");
+}
+
 /// Issue 15: an HTTP/2 connection with no stream frees its read, write and
 /// HPACK buffers each time it waits (chatgate's patch to h2, vendor/h2), and
 /// takes them up again for the next request: the same connection serves

@@ -201,22 +201,23 @@ fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
 
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     remove_named_by_connection(headers);
-    // One pass over the names; then a lookup only for the ones there (most
-    // heads carry none; a Node server's responses, `Connection` alone).
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(at) = hop_by_hop_index(name) {
-            present |= 1 << at;
-        }
-    }
-    for (at, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << at) != 0 {
+    // One pass over the names notes which hop-by-hop names are there; only
+    // those are removed. Most heads carry none, an upstream's response
+    // usually `Connection` alone: not a lookup for each of the nine.
+    let present = headers
+        .keys()
+        .filter_map(hop_by_hop_index)
+        .fold(0u16, |bits, i| bits | 1 << i);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 {
             headers.remove(name);
         }
     }
 }
 
-/// Headers named in `Connection` are hop-by-hop too.
+/// Headers named in `Connection` are hop-by-hop too. `close` and the
+/// hop-by-hop names themselves (`keep-alive`) go anyway, so they are
+/// neither parsed into names nor looked up here.
 fn remove_named_by_connection(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return;
@@ -226,24 +227,31 @@ fn remove_named_by_connection(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in &named {
         headers.remove(name);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name).is_some()
-}
-
-/// Where `name` is in [`HOP_BY_HOP`].
+/// Where `name` is in `HOP_BY_HOP`, if it is.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     // The lengths of the names in HOP_BY_HOP: most names are ruled out here.
     if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
         return None;
     }
-    HOP_BY_HOP.iter().position(|h| h == name)
+    HOP_BY_HOP.iter().position(|hop| hop == name)
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
 }
 
 /// What a client may not send LibreChat: `Host`, the reserved prefixes,
@@ -410,6 +418,28 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("accept"));
+    }
+
+    #[test]
+    fn only_the_hop_by_hop_headers_present_go_and_every_value_of_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Private"),
+        );
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.append(header::TRAILER, HeaderValue::from_static("a"));
+        headers.append(header::TRAILER, HeaderValue::from_static("b"));
+        headers.insert("proxy-authenticate", HeaderValue::from_static("Basic"));
+        headers.insert("server", HeaderValue::from_static("nginx"));
+        headers.insert("date", HeaderValue::from_static("today"));
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["date", "server"]);
+        assert_eq!(headers.len(), 2);
     }
 
     #[test]

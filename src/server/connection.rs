@@ -130,8 +130,12 @@ impl Listeners {
     /// HTTP/2 over TLS: hyper's HTTP/2 connection on the boxed stream.
     async fn serve_h2(&self, tls: Box<TlsStream>, conn: Arc<ConnInfo>) {
         let apps = self.apps.clone();
-        let service =
-            service_fn(move |request| proxy::handle(apps.load_full(), conn.clone(), request));
+        // Boxed: hyper moves each stream's future several times to spawn
+        // its task (into `H2Stream`, into the executor, into the task's
+        // cell); boxed, what moves is a pointer, not the handler's 1 KiB.
+        let service = service_fn(move |request| {
+            Box::pin(proxy::handle(apps.load_full(), conn.clone(), request))
+        });
         let connection = self.http2.serve_connection(TokioIo::new(tls), service);
         self.until_closed(connection, |c| c.graceful_shutdown())
             .await;

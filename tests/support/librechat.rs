@@ -300,6 +300,16 @@ async fn handle(
             }
             res
         }
+        // `/vary?n=3`: an echo with `x-vary: value-3`, a header whose value
+        // changes between responses (as `date` does each second).
+        "/vary" => {
+            let n: u32 = number(&query, "n");
+            let mut res = echo(&state, &recorded, req.into_body()).await;
+            if let Ok(value) = HeaderValue::from_str(&format!("value-{n}")) {
+                res.headers_mut().insert("x-vary", value);
+            }
+            res
+        }
         "/csp" => {
             let mut res = echo(&state, &recorded, req.into_body()).await;
             res.headers_mut().insert(

@@ -49,6 +49,14 @@ struct Slot {
 struct Pos {
     index: usize,
     hash: HashValue,
+    // chatgate's patch: the entry of this name last found or inserted (as
+    // `index`). A name with several values in the table (a new `date` each
+    // second, the old ones kept until evicted) was compared value by value
+    // from its oldest entry on every response; the entry last used is
+    // checked first. Any entry with the same name and value is a valid
+    // index, and the value is compared, so a stale `recent` (evicted) only
+    // costs that comparison.
+    recent: usize,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -192,7 +200,20 @@ impl Table {
                     return self.index_vacant(header, hash, dist, probe, statik);
                 } else if pos.hash == hash && self.slots[slot_idx].header.name() == header.name() {
                     // Matching name, check values
-                    return self.index_occupied(header, hash, pos.index, statik.map(|(n, _)| n));
+                    // chatgate's patch: `recent` first (see `Pos::recent`).
+                    let recent = pos.recent.wrapping_add(self.inserted);
+                    if let Some(slot) = self.slots.get(recent) {
+                        if slot.header.name() == header.name() && slot.header.value_eq(&header) {
+                            return Index::Indexed(recent + DYN_OFFSET, header);
+                        }
+                    }
+                    return self.index_occupied(
+                        header,
+                        hash,
+                        pos.index,
+                        probe,
+                        statik.map(|(n, _)| n),
+                    );
                 }
             } else {
                 return self.index_vacant(header, hash, dist, probe, statik);
@@ -207,6 +228,7 @@ impl Table {
         header: Header,
         hash: HashValue,
         mut index: usize,
+        probe: usize,
         statik: Option<usize>,
     ) -> Index {
         debug_assert!(self.assert_valid_state("top"));
@@ -220,6 +242,7 @@ impl Table {
 
             if self.slots[real_idx].header.value_eq(&header) {
                 // We have a full match!
+                self.set_recent(probe, index); // chatgate's patch
                 return Index::Indexed(real_idx + DYN_OFFSET, header);
             }
 
@@ -309,6 +332,7 @@ impl Table {
         let prev = self.indices[probe].replace(Pos {
             index: pos_idx,
             hash,
+            recent: pos_idx, // chatgate's patch
         });
 
         if let Some(mut prev) = prev {
@@ -331,6 +355,13 @@ impl Table {
             Index::InsertedValue(n, 0)
         } else {
             Index::Inserted(0)
+        }
+    }
+
+    /// chatgate's patch: `Pos::recent` of the name at `probe`.
+    fn set_recent(&mut self, probe: usize, index: usize) {
+        if let Some(pos) = self.indices[probe].as_mut() {
+            pos.recent = index;
         }
     }
 
