@@ -318,37 +318,61 @@ impl SessionCookie<'_> {
     /// decodes to the same tokens; failures are not remembered.
     pub fn decode_tokens_recent(&self) -> Result<Arc<SessionTokens>, CookieError> {
         thread_local! {
-            static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
             static RECENT: RefCell<Vec<(Vec<u8>, Arc<SessionTokens>)>> =
                 const { RefCell::new(Vec::new()) };
         }
-        KEY.with_borrow_mut(|key| {
-            key.clear();
-            for chunk in &self.chunks {
-                let index = match chunk.index {
-                    ChunkIndex::Whole => u32::MAX,
-                    ChunkIndex::Part(n) => n,
-                };
-                key.extend_from_slice(&index.to_le_bytes());
-                key.extend_from_slice(&(chunk.value.len() as u64).to_le_bytes());
-                key.extend_from_slice(chunk.value);
-            }
-            let hit = RECENT.with_borrow_mut(|recent| {
-                let at = recent.iter().position(|(k, _)| k == key)?;
-                // Most recent first.
-                recent[..=at].rotate_right(1);
-                Some(recent[0].1.clone())
-            });
-            if let Some(tokens) = hit {
-                return Ok(tokens);
-            }
-            let tokens = Arc::new(self.decode_tokens()?);
-            RECENT.with_borrow_mut(|recent| {
-                recent.truncate(RECENT_SESSIONS_PER_THREAD - 1);
-                recent.insert(0, (key.clone(), tokens.clone()));
-            });
-            Ok(tokens)
+        // Compared in place: the key is built only for a new cookie (a copy
+        // of 2.6 KB per request was a tenth of a request's cache misses).
+        let hit = RECENT.with_borrow_mut(|recent| {
+            let at = recent.iter().position(|(k, _)| self.has_key(k))?;
+            // Most recent first.
+            recent[..=at].rotate_right(1);
+            Some(recent[0].1.clone())
+        });
+        if let Some(tokens) = hit {
+            return Ok(tokens);
+        }
+        let tokens = Arc::new(self.decode_tokens()?);
+        let mut key = Vec::new();
+        for (index, value) in self.key_parts() {
+            key.extend_from_slice(&index);
+            key.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            key.extend_from_slice(value);
+        }
+        RECENT.with_borrow_mut(|recent| {
+            recent.truncate(RECENT_SESSIONS_PER_THREAD - 1);
+            recent.insert(0, (key, tokens.clone()));
+        });
+        Ok(tokens)
+    }
+
+    /// Each chunk's index (little-endian, `u32::MAX` for a whole cookie) and
+    /// value: what a remembered cookie's key is made of.
+    fn key_parts(&self) -> impl Iterator<Item = ([u8; 4], &[u8])> + '_ {
+        self.chunks.iter().map(|chunk| {
+            let index = match chunk.index {
+                ChunkIndex::Whole => u32::MAX,
+                ChunkIndex::Part(n) => n,
+            };
+            (index.to_le_bytes(), chunk.value)
         })
+    }
+
+    /// Whether `key` is this cookie's: every chunk's index, length and
+    /// value in order, and nothing after them.
+    fn has_key(&self, mut key: &[u8]) -> bool {
+        for (index, value) in self.key_parts() {
+            let len = (value.len() as u64).to_le_bytes();
+            let Some(rest) = key
+                .strip_prefix(&index[..])
+                .and_then(|k| k.strip_prefix(&len[..]))
+                .and_then(|k| k.strip_prefix(value))
+            else {
+                return false;
+            };
+            key = rest;
+        }
+        key.is_empty()
     }
 
     /// The session JSON: chunks joined, percent-decoded, base64url-decoded.
@@ -746,6 +770,8 @@ mod tests {
         let (a, b) = encoded.split_at(11);
         let chunked = format!("{NAME}.0={a}; {NAME}.1={b}");
         assert_eq!(&*read(&chunked).unwrap().access_token, "chunked");
+        // The first chunk alone is not the remembered two-chunk cookie.
+        assert!(read(&format!("{NAME}.0={a}")).is_err());
         // A hit right after a failure, and a failure is not remembered.
         let garbled = format!("{NAME}={}x", &encoded[..encoded.len() / 2]);
         assert!(read(&garbled).is_err());
