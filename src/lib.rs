@@ -38,7 +38,8 @@
 //! fail-fast guard), `admin`, `error`, `context` (per-request state), `body`
 //! (streaming, idle limit), `policy` (the organization's policy as pure
 //! decisions: rules, chat bodies, lists, quota), `usage` (metering chat
-//! streams into Postgres), `calendar` (UTC dates).
+//! streams into Postgres), `calendar` (UTC dates), `recent` (a thread's
+//! recent answers).
 //!
 //! Modules only call downwards: no top-level module uses one that uses it
 //! back (`tests/module_graph.rs`; the layers are drawn in
@@ -61,6 +62,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod recent;
 pub mod routes;
 pub mod server;
 pub mod store;

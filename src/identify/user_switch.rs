@@ -5,7 +5,6 @@
 //! goes through sign-in again, so one user never sees another's chats.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 
 use http::header;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -14,6 +13,7 @@ use crate::context::{RequestContext, RequestLine};
 use crate::cookies;
 use crate::error::ProxyError;
 use crate::identity::Identity;
+use crate::recent::Recent;
 
 /// Cookies chatgate sets for itself; none of them reaches LibreChat.
 pub const CHATGATE_COOKIES: &[&str] = &[super::handoff::SESSION_COOKIE, BIND_COOKIE];
@@ -125,18 +125,15 @@ const RECENT_USERS: usize = 16;
 /// An opaque tag of the user: the first 128 bits of a SHA-256, in hex.
 fn bind_value(user_id: &str) -> String {
     thread_local! {
-        static RECENT: RefCell<VecDeque<(Box<str>, String)>> =
-            const { RefCell::new(VecDeque::new()) };
+        static RECENT: RefCell<Recent<(Box<str>, String), RECENT_USERS>> =
+            const { RefCell::new(Recent::new()) };
     }
     RECENT.with_borrow_mut(|recent| {
-        if let Some(at) = recent.iter().position(|(user, _)| **user == *user_id) {
-            return recent[at].1.clone();
+        if let Some((_, tag)) = recent.find(|(user, _)| **user == *user_id, |_| true) {
+            return tag.clone();
         }
         let tag = bind_digest(user_id);
-        if recent.len() == RECENT_USERS {
-            recent.pop_back();
-        }
-        recent.push_front((user_id.into(), tag.clone()));
+        recent.remember((user_id.into(), tag.clone()));
         tag
     })
 }

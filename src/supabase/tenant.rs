@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::http_client::{self, HttpClient};
 use crate::metrics::{LookupCounters, LookupOutcome};
 use crate::policy::config::LibreChatConfig;
+use crate::recent::Recent;
 use crate::store::Store;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,7 +148,7 @@ struct Inner {
     refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Each serving thread's last few fresh profiles, most recent first
     /// (see [`TenantLookup::profile`]).
-    recent: thread_local::ThreadLocal<RefCell<Vec<RecentProfile>>>,
+    recent: thread_local::ThreadLocal<RefCell<Recent<RecentProfile, RECENT_PER_THREAD>>>,
     counters: LookupCounters,
 }
 
@@ -263,19 +264,23 @@ impl TenantLookup {
     /// user only once the one it has is that old (a background refresh or a
     /// reload) or gone, so this answers what the cache would.
     fn recent_fresh(&self, user_id: &str) -> Option<Arc<Profile>> {
-        let mut recent = self.inner.recent.get_or_default().borrow_mut();
-        let at = recent.iter().position(|(user, _)| **user == *user_id)?;
-        if recent[at].1.fetched.elapsed() < self.inner.ttl * 3 / 4 {
-            return Some(recent[at].1.profile.clone());
-        }
-        recent.remove(at);
-        None
+        self.inner
+            .recent
+            .get_or_default()
+            .borrow_mut()
+            .find(
+                |(user, _)| **user == *user_id,
+                |(_, entry)| entry.fetched.elapsed() < self.inner.ttl * 3 / 4,
+            )
+            .map(|(_, entry)| entry.profile.clone())
     }
 
     fn remember(&self, user_id: &str, entry: &Arc<CachedProfile>) {
-        let mut recent = self.inner.recent.get_or_default().borrow_mut();
-        recent.truncate(RECENT_PER_THREAD - 1);
-        recent.insert(0, (user_id.into(), entry.clone()));
+        self.inner
+            .recent
+            .get_or_default()
+            .borrow_mut()
+            .remember((user_id.into(), entry.clone()));
     }
 
     /// An expired profile: reloaded, or served as it was while PostgREST

@@ -39,6 +39,7 @@ use moka::{Equivalent, Expiry};
 use serde::{Deserialize, Serialize};
 
 use crate::http_client::{self, HttpClient};
+use crate::recent::Recent;
 
 /// Longer tokens are refused before any parsing. Supabase's are about 1 KiB
 /// (more with large `user_metadata`); a cookie can't carry much more anyway.
@@ -320,7 +321,7 @@ pub struct Verifier {
     /// Verified tokens by their text (see [`TokenKey`]).
     cache: Cache<TokenKey, Arc<AccessClaims>>,
     /// Each thread's last verified session tokens, most recent first.
-    recent: thread_local::ThreadLocal<RefCell<Vec<Remembered>>>,
+    recent: thread_local::ThreadLocal<RefCell<Recent<Remembered, RECENT_PER_THREAD>>>,
     signature_checks: AtomicU64,
     jwks_fetches: AtomicU64,
     #[cfg(test)]
@@ -423,38 +424,31 @@ impl Verifier {
     /// [`RECENT_MAX_AGE_SECS`]; no hashing, no shared cache touched.
     pub async fn verify_shared(&self, token: &Arc<str>) -> Result<Arc<AccessClaims>, VerifyError> {
         let now = self.now();
-        let remembered = {
-            let mut recent = self.recent.get_or_default().borrow_mut();
-            match recent.iter().position(|r| Arc::ptr_eq(&r.token, token)) {
-                Some(at) => {
-                    let r = &recent[at];
-                    if r.claims.exp.saturating_add(self.leeway) >= now
+        let remembered = self
+            .recent
+            .get_or_default()
+            .borrow_mut()
+            .find(
+                |r| Arc::ptr_eq(&r.token, token),
+                |r| {
+                    r.claims.exp.saturating_add(self.leeway) >= now
                         && now.saturating_sub(r.verified_at) < RECENT_MAX_AGE_SECS
-                    {
-                        Some(r.claims.clone())
-                    } else {
-                        // Asked again below, the way a first sight is.
-                        recent.remove(at);
-                        None
-                    }
-                }
-                None => None,
-            }
-        };
+                },
+            )
+            .map(|r| r.claims.clone());
         if let Some(claims) = remembered {
             return Ok(claims);
         }
+        // Not remembered, or no longer: asked the way a first sight is.
         let claims = self.verify(token).await?;
-        let mut recent = self.recent.get_or_default().borrow_mut();
-        recent.truncate(RECENT_PER_THREAD - 1);
-        recent.insert(
-            0,
-            Remembered {
+        self.recent
+            .get_or_default()
+            .borrow_mut()
+            .remember(Remembered {
                 token: token.clone(),
                 claims: claims.clone(),
                 verified_at: now,
-            },
-        );
+            });
         Ok(claims)
     }
 
