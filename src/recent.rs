@@ -41,7 +41,6 @@ impl<T, const N: usize> Recent<T, N> {
         self.items.truncate(N.saturating_sub(1));
         self.items.insert(0, item);
     }
-
 }
 
 #[cfg(test)]

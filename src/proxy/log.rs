@@ -42,7 +42,6 @@ pub fn when_sent(
                 status,
                 bytes_out: 0,
                 stream_error: None,
-                ended: None,
             }),
         }
         .boxed_unsync()
@@ -58,9 +57,12 @@ struct Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
-            record.ended = Some((Instant::now(), SystemTime::now()));
-            deferred::push(record);
+        if let Some(record) = self.record.take() {
+            deferred::push(Done {
+                record,
+                ended: Instant::now(),
+                at: SystemTime::now(),
+            });
         }
     }
 }
@@ -106,60 +108,64 @@ struct Record {
     status: u16,
     bytes_out: u64,
     stream_error: Option<String>,
-    /// When the response was done with (monotonic, and wall-clock).
-    ended: Option<(Instant, SystemTime)>,
 }
 
-impl Record {
+/// A record whose response was done with, and when (monotonic for the
+/// duration, wall clock for the timestamp): what waits to be written.
+struct Done {
+    record: Record,
+    ended: Instant,
+    at: SystemTime,
+}
+
+impl Done {
     /// Writes the access line and exports the span.
     fn finish(self) {
         self.log();
-        if export::enabled() && self.ctx.trace.sampled() {
+        if export::enabled() && self.record.ctx.trace.sampled() {
             self.export();
         }
     }
 
-    fn ended(&self) -> (Instant, SystemTime) {
+    fn duration(&self) -> std::time::Duration {
         self.ended
-            .unwrap_or_else(|| (Instant::now(), SystemTime::now()))
+            .saturating_duration_since(self.record.ctx.started)
     }
 
     fn export(&self) {
-        let ctx = &self.ctx;
-        let (_, end) = self.ended();
+        let (record, end) = (&self.record, self.at);
+        let ctx = &record.ctx;
         export::record(Span {
             trace_id: ctx.trace.trace_id().to_owned(),
             span_id: ctx.trace.span_id().to_owned(),
             parent_span_id: ctx.trace.parent_span_id().map(str::to_owned),
-            method: self.line.method.clone(),
-            path: self.line.uri.path().to_owned(),
-            status: self.status,
+            method: record.line.method.clone(),
+            path: record.line.uri.path().to_owned(),
+            status: record.status,
             request_id: ctx.request_id_str().to_owned(),
             upstream: ctx.upstream.as_ref().map(|u| u.url.to_string()),
-            start: end
-                .checked_sub(self.ended().0.saturating_duration_since(ctx.started))
-                .unwrap_or(end),
+            start: end.checked_sub(self.duration()).unwrap_or(end),
             end,
         });
     }
 
     fn log(&self) {
-        let ctx = &self.ctx;
-        let (ended, at) = self.ended();
-        let from_instance = (self.status >= 500 && ctx.upstream.is_some())
+        let record = &self.record;
+        let ctx = &record.ctx;
+        let from_instance = (record.status >= 500 && ctx.upstream.is_some())
             .then_some("the instance answered with this status");
         logging::access(
-            at,
+            self.at,
             &AccessLine {
                 request_id: ctx.request_id_str(),
                 peer: ctx.conn.peer.ip(),
-                method: &self.line.method,
-                path: self.line.uri.path(),
-                version: self.line.version,
-                status: self.status,
+                method: &record.line.method,
+                path: record.line.uri.path(),
+                version: record.line.version,
+                status: record.status,
                 upstream: ctx.upstream.as_ref().map(|u| u.url.as_str()),
                 attempts: ctx.attempts,
-                duration: ended.saturating_duration_since(ctx.started),
+                duration: self.duration(),
                 user_id: ctx.identity.as_ref().map(|i| i.user_id()),
                 organization_id: ctx.identity.as_ref().map(|i| i.organization().id.as_str()),
                 identified_by: ctx.identified_by,
@@ -167,9 +173,9 @@ impl Record {
                     .bytes_in
                     .as_ref()
                     .map_or(0, |seen| seen.load(Ordering::Relaxed)),
-                bytes_out: self.bytes_out,
+                bytes_out: record.bytes_out,
                 trace_id: ctx.trace.trace_id(),
-                reason: self
+                reason: record
                     .stream_error
                     .as_deref()
                     .or(ctx.failure.as_deref())
@@ -210,7 +216,7 @@ pub fn error(ctx: &RequestContext, error: &ProxyError) -> String {
 mod deferred {
     use std::cell::{Cell, RefCell};
 
-    use super::Record;
+    use super::Done;
 
     pub(super) const DEFERRED_MAX: usize = 32;
 
@@ -218,16 +224,16 @@ mod deferred {
         /// Set by this thread's first [`super::flush_deferred`]: it has a
         /// park hook.
         static DEFERS: Cell<bool> = const { Cell::new(false) };
-        static WAITING: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
+        static WAITING: RefCell<Vec<Done>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub(super) fn push(record: Record) {
+    pub(super) fn push(done: Done) {
         if !DEFERS.with(Cell::get) {
-            record.finish();
+            done.finish();
             return;
         }
         let full = WAITING.with_borrow_mut(|waiting| {
-            waiting.push(record);
+            waiting.push(done);
             waiting.len() >= DEFERRED_MAX
         });
         if full {
@@ -238,8 +244,8 @@ mod deferred {
     pub(super) fn flush() {
         // Taken out first: writing a line must not hold the list.
         let waiting = WAITING.with_borrow_mut(std::mem::take);
-        for record in waiting {
-            record.finish();
+        for done in waiting {
+            done.finish();
         }
     }
 
@@ -276,19 +282,23 @@ mod tests {
     use super::*;
     use crate::context::ConnInfo;
 
-    fn record() -> Record {
+    fn record() -> Done {
         let conn = Arc::new(ConnInfo {
             peer: "192.0.2.7:4000".parse().unwrap(),
             tls: true,
         });
         let request = http::Request::get("/c/new").body(()).unwrap();
-        Record {
-            ctx: RequestContext::new(conn, None, None),
-            line: RequestLine::of(&request),
-            status: 200,
-            bytes_out: 0,
-            stream_error: None,
-            ended: None,
+        let ctx = RequestContext::new(conn, None, None);
+        Done {
+            ended: ctx.started,
+            at: SystemTime::now(),
+            record: Record {
+                ctx,
+                line: RequestLine::of(&request),
+                status: 200,
+                bytes_out: 0,
+                stream_error: None,
+            },
         }
     }
 
