@@ -242,11 +242,18 @@ mod deferred {
     }
 
     pub(super) fn flush() {
-        // Taken out first: writing a line must not hold the list.
-        let waiting = WAITING.with_borrow_mut(std::mem::take);
-        for done in waiting {
+        // Taken out first: writing a line must not hold the list. Put back
+        // empty afterwards, so a thread that parks after every response does
+        // not allocate the list anew each time.
+        let mut waiting = WAITING.with_borrow_mut(std::mem::take);
+        for done in waiting.drain(..) {
             done.finish();
         }
+        WAITING.with_borrow_mut(|list| {
+            if list.is_empty() {
+                *list = waiting;
+            }
+        });
     }
 
     pub(super) fn start(defers: bool) {
